@@ -1,0 +1,1 @@
+"""Datasets: embedded sets built from bundled real data, manifests of real datasets, loaders."""

@@ -1,0 +1,146 @@
+"""The prepared-dataset format that `prepare` writes and every later stage reads.
+
+A prepared classification dataset is one directory:
+
+    dataset.json          {"name", "kind", "root", "classes", "splits": {split: count}, "image_mode"}
+    <split>.csv           kind "files": header "path,label"; path relative to `root`,
+                          label an index into `classes`; rows sorted by path
+    <split>_images.npy    kind "arrays": uint8 pixels, (N, H, W) grey or (N, H, W, 3) RGB
+    <split>_labels.npy    kind "arrays": int64 labels, (N,)
+
+Big datasets (ImageNet, Places205) are "files": the manifest points into the user's root,
+which is never copied. Small embedded sets are "arrays": the pixels are packed.
+Every file is written deterministically (sorted rows, raw .npy, sorted JSON keys), so the
+same inputs give byte-identical outputs, and atomically (the whole directory is renamed
+into place).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import atomic_path, read_json, write_json
+
+KINDS = ("files", "arrays")
+
+
+@dataclass
+class DatasetInfo:
+    """The contents of `dataset.json`."""
+
+    name: str
+    kind: str  # "files" | "arrays"
+    classes: list[str]
+    splits: dict[str, int]
+    root: str | None = None  # absolute dataset root for kind "files"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "classes": list(self.classes),
+            "splits": dict(self.splits),
+            "root": self.root,
+            "extra": self.extra,
+        }
+
+
+def write_files_dataset(
+    out_dir: str | Path,
+    name: str,
+    root: str | Path,
+    classes: Sequence[str],
+    splits: dict[str, Sequence[tuple[str, int]]],
+    extra: dict | None = None,
+) -> DatasetInfo:
+    """Write a kind-"files" dataset: one CSV of (relative path, label) per split."""
+    info = DatasetInfo(
+        name=name,
+        kind="files",
+        classes=list(classes),
+        splits={s: len(rows) for s, rows in splits.items()},
+        root=str(Path(root).resolve()),
+        extra=extra or {},
+    )
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for split, rows in splits.items():
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(["path", "label"])
+            for path, label in sorted(rows):
+                writer.writerow([path, int(label)])
+            (tmp / f"{split}.csv").write_text(buf.getvalue())
+        write_json(tmp / "dataset.json", info.to_json())
+    return info
+
+
+def write_arrays_dataset(
+    out_dir: str | Path,
+    name: str,
+    classes: Sequence[str],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    extra: dict | None = None,
+) -> DatasetInfo:
+    """Write a kind-"arrays" dataset: packed uint8 images and int64 labels per split."""
+    info = DatasetInfo(
+        name=name,
+        kind="arrays",
+        classes=list(classes),
+        splits={s: int(len(labels)) for s, (_, labels) in splits.items()},
+        extra=extra or {},
+    )
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for split, (images, labels) in splits.items():
+            images = np.ascontiguousarray(images, dtype=np.uint8)
+            labels = np.ascontiguousarray(labels, dtype=np.int64)
+            if images.shape[0] != labels.shape[0]:
+                raise ValueError(f"split {split}: {images.shape[0]} images, {labels.shape[0]} labels")
+            np.save(tmp / f"{split}_images.npy", images, allow_pickle=False)
+            np.save(tmp / f"{split}_labels.npy", labels, allow_pickle=False)
+        write_json(tmp / "dataset.json", info.to_json())
+    return info
+
+
+def read_info(data_dir: str | Path) -> DatasetInfo:
+    """Read `dataset.json`; a missing or foreign directory is a UserError naming the stage."""
+    path = Path(data_dir) / "dataset.json"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run the `prepare` stage first (`dvc repro prepare`).")
+    raw = read_json(path)
+    if raw.get("kind") not in KINDS:
+        raise UserError(f"{path}: unknown dataset kind {raw.get('kind')!r}; expected one of {KINDS}.")
+    return DatasetInfo(**raw)
+
+
+def read_files_split(data_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
+    """Relative paths and int64 labels of one split of a kind-"files" dataset."""
+    path = Path(data_dir) / f"{split}.csv"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: the prepared dataset has no split {split!r}.")
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if header != ["path", "label"]:
+            raise UserError(f"{path}: expected header 'path,label', got {header}.")
+        rows = list(reader)
+    return [r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64)
+
+
+def read_arrays_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W[, 3]) uint8 and labels (N,) int64 of one split of a kind-"arrays" dataset."""
+    d = Path(data_dir)
+    img, lab = d / f"{split}_images.npy", d / f"{split}_labels.npy"
+    for p in (img, lab):
+        if not p.is_file():
+            raise UserError(f"{p} does not exist: the prepared dataset has no split {split!r}.")
+    return np.load(img, mmap_mode="r"), np.load(lab)

@@ -1,0 +1,1 @@
+"""Evaluation: kNN on embeddings (InstDisc protocol); linear readout comes with the transfer stage."""

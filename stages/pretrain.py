@@ -1,0 +1,88 @@
+"""Stages `pretrain_ia` (Instance Recognition warm start) and `pretrain_la` (Local Aggregation).
+
+Each reads the `model` and `augment` sections and its own (`pretrain_ia` / `pretrain_la`),
+trains on the prepared object set, and writes:
+
+    checkpoints/<stage>/last.pt    resumable checkpoint (persist: true in dvc.yaml)
+    models/<stage>.pt              final weights + memory bank for the next stages
+    metrics/<stage>.json           summary (final kNN top-1, loss, cluster statistics)
+    dvclive/<stage>/               per-epoch curves (loss, kNN, lr, img/s, clustering)
+
+With `num_processes` > 1 the command relaunches itself under torchrun (one machine); for
+several machines, run `torchrun ... -m stages <command>` yourself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from localagg.errors import UserError
+from localagg.io import write_json
+
+from .params import load_section
+
+OBJECT_DIR = Path("data/prepared/object")
+
+
+def paths(stage: str) -> dict[str, Path]:
+    return {
+        "checkpoints": Path("checkpoints") / stage,
+        "model": Path("models") / f"{stage}.pt",
+        "metrics": Path("metrics") / f"{stage}.json",
+        "live": Path("dvclive") / stage,
+    }
+
+
+class DvcLiveLogger:
+    """Per-epoch metrics to dvclive (rank 0 only): plots under dvclive/<stage>/plots/metrics."""
+
+    def __init__(self, live_dir: Path):
+        from dvclive import Live
+
+        self.live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.live.step = epoch
+        for key, value in metrics.items():
+            self.live.log_metric(key, float(value), plot=True)
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+
+
+def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
+    """Re-run this stage command as `torchrun --nproc_per_node N -m stages ...` and exit with its status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "stages", command, "--params", str(params)]
+    sys.exit(subprocess.call(cmd))
+
+
+def run(stage: str, params: Path) -> dict:
+    from localagg.training.pretrain import Pretrainer
+
+    model_cfg = load_section(params, "model")
+    aug = load_section(params, "augment")
+    cfg = load_section(params, stage)
+    if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        relaunch_under_torchrun(stage.replace("_", "-"), params, cfg.num_processes)
+    p = paths(stage)
+    init_from = None
+    if stage == "pretrain_la":
+        init_from = paths("pretrain_ia")["model"]
+        if not init_from.is_file():
+            raise UserError(f"{init_from} does not exist: LA starts from the IR model; run `dvc repro pretrain_ia` first.")
+    trainer = Pretrainer(cfg, model_cfg, aug, OBJECT_DIR, p["checkpoints"], val_dir=OBJECT_DIR,
+                         init_from=init_from)
+    logger = DvcLiveLogger(p["live"]) if trainer.dist.is_main else None
+    trainer.logger = logger
+    result = trainer.run()
+    trainer.export(p["model"])
+    if trainer.dist.is_main:
+        write_json(p["metrics"], result.summary)
+        logger.close()
+    return result.summary
