@@ -38,8 +38,9 @@ def test_normalize_init_gives_unit_rows_from_the_same_draw():
 
 
 def test_init_is_reproducible_with_a_generator():
-    assert torch.equal(MemoryBank(50, 8, generator=seeded(1)).memory, MemoryBank(50, 8, generator=seeded(1)).memory)
-    assert not torch.equal(MemoryBank(50, 8, generator=seeded(1)).memory, MemoryBank(50, 8, generator=seeded(2)).memory)
+    first, same, other = (MemoryBank(50, 8, generator=seeded(s)).memory for s in (1, 1, 2))
+    assert torch.equal(first, same)
+    assert not torch.equal(first, other)
 
 
 def test_update_matches_hand_computation():

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from localagg.memory_bank import MemoryBank
 from localagg.objectives import InstanceRecognitionLoss, local_aggregation_loss
 
 TAU = 0.07
@@ -19,7 +20,7 @@ EMPTY_LOSS = -math.log(1e-7)
 
 
 def reference_la_loss(embeddings, indices, bank, labels, k, tau=TAU, per_sample=False):
-    """L_i = -log(max(sum_{B_i ∩ C_i} e^{s/tau} / sum_{B_i} e^{s/tau}, 1e-7)), sets built by hand."""
+    """L_i = -log(max(sum_{B_i ∩ C_i} e^(s/tau) / sum_{B_i} e^(s/tau), 1e-7)), sets by hand."""
     n = bank.shape[0]
     k = min(k, n)
     label_rows = labels.tolist()  # H lists of N labels
@@ -31,7 +32,8 @@ def reference_la_loss(embeddings, indices, bank, labels, k, tau=TAU, per_sample=
         background = set(ranked[:k])
         close = {j for j in range(n) if any(row[j] == row[i] for row in label_rows)}
         both = background & close
-        numerator = sum((torch.exp(sims[j] / tau) for j in both), torch.zeros((), dtype=bank.dtype))
+        zero = torch.zeros((), dtype=bank.dtype)
+        numerator = sum((torch.exp(sims[j] / tau) for j in both), zero)
         denominator = sum(torch.exp(sims[j] / tau) for j in background)
         ratio = numerator / denominator
         losses.append(-torch.log(torch.clamp(ratio, min=1e-7)))
@@ -162,7 +164,10 @@ def test_la_loss_is_the_mean_over_the_batch():
     emb, idx, bank, labels = make_problem(n=90, b=5, h=3, seed=13)
     batch = local_aggregation_loss(emb, idx, bank, labels, k=20)
     singles = torch.stack(
-        [local_aggregation_loss(emb[s : s + 1], idx[s : s + 1], bank, labels, k=20) for s in range(5)]
+        [
+            local_aggregation_loss(emb[s : s + 1], idx[s : s + 1], bank, labels, k=20)
+            for s in range(5)
+        ]
     )
     assert singles.std() > 0
     torch.testing.assert_close(batch, singles.mean(), rtol=1e-12, atol=1e-12)
@@ -175,6 +180,16 @@ def test_la_memory_bank_gets_no_gradient():
     local_aggregation_loss(leaf, idx, bank, labels, k=30).backward()
     assert bank.grad is None
     assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+
+
+def test_la_backward_refuses_a_bank_updated_in_place_before_it():
+    emb, idx, _, labels = make_problem(seed=18, dtype=torch.float32)
+    bank = MemoryBank(120, dim=8, generator=torch.Generator().manual_seed(18))
+    leaf = emb.clone().requires_grad_(True)
+    loss = local_aggregation_loss(leaf, idx, bank.memory, labels, k=30)
+    bank.update(idx, emb)  # too early: the backward needs the rows the forward used
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
 
 
 def test_la_under_cpu_autocast_bfloat16_stays_close():
@@ -366,7 +381,9 @@ def test_ir_rejects_bad_inputs():
 def _distributed_normalizer(rank, world_size, init_file, results):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         emb, idx, bank, noise = make_ir_problem(k=16, seed=10 + rank)
         bank = make_ir_problem(k=16, seed=10)[2]  # the replicated bank

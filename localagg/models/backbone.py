@@ -91,3 +91,27 @@ def check_meta(found: dict, expected: dict, source: str) -> None:
             f"{source} was trained with another model ({'; '.join(diffs)}). "
             "Use the same `model` params as the run that wrote it, or rerun that stage."
         )
+
+
+class GroupBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are computed over `groups` equal slices of the batch.
+
+    One process with groups = W normalises exactly as W data-parallel processes with
+    per-device batch norm do (each over its own slice); running statistics are updated once
+    per slice. Evaluation is unchanged.
+    """
+
+    groups: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.groups == 1:
+            return super().forward(x)
+        return torch.cat([super(GroupBatchNorm2d, self).forward(c) for c in x.chunk(self.groups)])
+
+
+def set_bn_groups(model: nn.Module, groups: int) -> None:
+    """Make every BatchNorm2d of `model` a GroupBatchNorm2d over `groups` slices (state unchanged)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.__class__ = GroupBatchNorm2d
+            m.groups = groups

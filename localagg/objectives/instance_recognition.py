@@ -35,11 +35,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .local_aggregation import _is_integer
+
 NCE_EPS = 1e-7  # lemniscate.pytorch lib/NCECriterion.py
-
-
-def _is_integer(t: torch.Tensor) -> bool:
-    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
 
 
 class InstanceRecognitionLoss(torch.nn.Module):
@@ -122,7 +120,7 @@ class InstanceRecognitionLoss(torch.nn.Module):
                 self._estimate_normalizer(scores)
             log_x = scores - self.normalizer.to(device=device, dtype=dtype).log()  # (B, K+1)
             noise_mass = k / self.num_items  # K * P_n
-            log_c = torch.tensor(math.log(noise_mass), dtype=dtype, device=device)
+            log_c = torch.tensor(math.log(noise_mass + NCE_EPS), dtype=dtype, device=device)
             log_p_pos = log_x[:, 0] - torch.logaddexp(log_x[:, 0], log_c)  # (B,)
             log_p_noise = math.log(noise_mass) - torch.logaddexp(log_x[:, 1:], log_c)  # (B, K)
             return -(log_p_pos.sum() + log_p_noise.sum()) / batch
@@ -158,16 +156,17 @@ class InstanceRecognitionLoss(torch.nn.Module):
                 f"{name}: embedding dimension {embeddings.shape[1]} does not match the memory "
                 f"bank's {memory_bank.shape[1]}"
             )
-        if indices.dim() != 1 or indices.shape[0] != embeddings.shape[0] or not _is_integer(indices):
+        batch = embeddings.shape[0]
+        if indices.dim() != 1 or indices.shape[0] != batch or not _is_integer(indices):
             raise ValueError(
-                f"{name}: indices must be a 1-D integer tensor of length B={embeddings.shape[0]}, "
+                f"{name}: indices must be a 1-D integer tensor of length B={batch}, "
                 f"got shape {tuple(indices.shape)} dtype {indices.dtype}"
             )
         if noise_indices is None:
             return
         if self.num_negatives == 0:
             raise ValueError(f"{name}: noise_indices given but num_negatives=0 (full softmax)")
-        expected = (embeddings.shape[0], self.num_negatives)
+        expected = (batch, self.num_negatives)
         if tuple(noise_indices.shape) != expected or not _is_integer(noise_indices):
             raise ValueError(
                 f"{name}: noise_indices must be an integer tensor of shape (B, K) = {expected}, "

@@ -37,7 +37,7 @@ LOG_EPS = math.log(1e-7)
 
 
 class _TopKInnerProducts(torch.autograd.Function):
-    """values[b, t] = embeddings[b] . bank[idx[b, t]] for the k largest, with grad to embeddings."""
+    """values[b, t] = embeddings[b] . bank[idx[b, t]], the k largest; grad to embeddings only."""
 
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, bank: torch.Tensor, k: int):
@@ -61,6 +61,10 @@ class _TopKInnerProducts(torch.autograd.Function):
         return grad_embeddings, None, None
 
 
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
 def _check_inputs(embeddings, indices, memory_bank, cluster_labels, k, temperature) -> None:
     if embeddings.dim() != 2 or not embeddings.dtype.is_floating_point:
         raise ValueError(
@@ -77,13 +81,7 @@ def _check_inputs(embeddings, indices, memory_bank, cluster_labels, k, temperatu
             f"local_aggregation_loss: embedding dimension {embeddings.shape[1]} does not match "
             f"the memory bank's {memory_bank.shape[1]}"
         )
-    if (
-        indices.dim() != 1
-        or indices.shape[0] != embeddings.shape[0]
-        or indices.dtype.is_floating_point
-        or indices.dtype.is_complex
-        or indices.dtype == torch.bool
-    ):
+    if indices.dim() != 1 or indices.shape[0] != embeddings.shape[0] or not _is_integer(indices):
         raise ValueError(
             f"local_aggregation_loss: indices must be a 1-D integer tensor of length "
             f"B={embeddings.shape[0]}, got shape {tuple(indices.shape)} dtype {indices.dtype}"
@@ -91,9 +89,7 @@ def _check_inputs(embeddings, indices, memory_bank, cluster_labels, k, temperatu
     if (
         cluster_labels.dim() != 2
         or cluster_labels.shape[1] != memory_bank.shape[0]
-        or cluster_labels.dtype.is_floating_point
-        or cluster_labels.dtype.is_complex
-        or cluster_labels.dtype == torch.bool
+        or not _is_integer(cluster_labels)
     ):
         raise ValueError(
             f"local_aggregation_loss: cluster_labels must be an (H, N) integer tensor with "
@@ -141,7 +137,8 @@ def local_aggregation_loss(
 
     The math runs in float32 (float64 when the inputs are float64) with autocast disabled,
     so it is the same inside and outside torch.autocast; the gradient comes back in the
-    embeddings' dtype.
+    embeddings' dtype. The backward reads the bank rows, so update the bank in place
+    (`MemoryBank.update`) only after `loss.backward()`; autograd raises if it changed before.
     """
     _check_inputs(embeddings, indices, memory_bank, cluster_labels, k, temperature)
     k = min(int(k), memory_bank.shape[0])
@@ -153,9 +150,10 @@ def local_aggregation_loss(
         topk_sims, topk_idx = _TopKInnerProducts.apply(embeddings.to(dtype), bank, k)  # (B, k)
         logits = topk_sims / temperature  # (B, k)
 
-        indices = indices.long()
-        own = cluster_labels[:, indices]  # (H, B): the clusters of each sample's image
-        neighbour = cluster_labels[:, topk_idx]  # (H, B, k): the clusters of its top-k rows
+        batch, num_clusterings = topk_idx.shape[0], cluster_labels.shape[0]
+        own = cluster_labels.index_select(1, indices.long())  # (H, B): each image's clusters
+        neighbour = cluster_labels.index_select(1, topk_idx.view(-1))  # (H, B*k)
+        neighbour = neighbour.view(num_clusterings, batch, k)  # (H, B, k): its top-k rows'
         close = (neighbour == own.unsqueeze(2)).any(dim=0)  # (B, k): j in B_i ∩ C_i
         has_close = close.any(dim=1)  # (B,)
 

@@ -40,7 +40,7 @@ from ..data.manifest import read_info
 from ..errors import UserError
 from ..evaluation.knn import knn_top1
 from ..memory_bank import MemoryBank
-from ..models.backbone import EmbeddingNet, build_model, check_meta
+from ..models.backbone import EmbeddingNet, build_model, check_meta, set_bn_groups
 from ..objectives import InstanceRecognitionLoss, local_aggregation_loss
 from ..progress import track
 from . import checkpoint as ckpt
@@ -70,6 +70,8 @@ class _State:
     cluster_labels: torch.Tensor | None = None  # (H, N) int64, LA only
     history: list[dict[str, float]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    loss_sum: float = 0.0  # this epoch so far, for its mean loss across an interruption
+    epoch_stats: dict[str, float] = field(default_factory=dict)  # this epoch's clustering statistics
 
 
 def objective_name(cfg: TrainingConfig) -> str:
@@ -159,6 +161,9 @@ class Pretrainer:
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda)
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
 
+        if cfg.batch_size % (self.dist.world_size * cfg.bn_groups):
+            raise UserError(f"batch_size {cfg.batch_size} is not divisible by {self.dist.world_size} processes "
+                            f"x bn_groups {cfg.bn_groups}; change batch_size or the process count.")
         info = read_info(train_dir)
         self.train_info = info
         self.train = open_split(train_dir, "train", train=True, crop_size=aug.crop_size,
@@ -174,6 +179,8 @@ class Pretrainer:
 
         torch.manual_seed(cfg.seed)
         self.model: EmbeddingNet = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
+        if cfg.bn_groups > 1:
+            set_bn_groups(self.model, cfg.bn_groups)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -235,7 +242,7 @@ class Pretrainer:
             "ir_loss": self.ir_loss.state_dict() if self.ir_loss is not None else None,
             "cluster_labels": s.cluster_labels.cpu() if s.cluster_labels is not None else None,
             "epoch": s.epoch, "step": s.step, "global_step": s.global_step,
-            "history": s.history, "extra": s.extra,
+            "history": s.history, "extra": s.extra, "loss_sum": s.loss_sum, "epoch_stats": s.epoch_stats,
         }, self.ckpt_dir / LAST)
 
     def try_resume(self) -> bool:
@@ -253,7 +260,8 @@ class Pretrainer:
             self.ir_loss.load_state_dict(state["ir_loss"])
         labels = state["cluster_labels"]
         self.state = _State(state["epoch"], state["step"], state["global_step"],
-                            labels.to(self.device) if labels is not None else None, state["history"], state["extra"])
+                            labels.to(self.device) if labels is not None else None, state["history"], state["extra"],
+                            state["loss_sum"], state["epoch_stats"])
         return True
 
     # ------------------------------------------------------------------ pieces of a step
@@ -268,12 +276,6 @@ class Pretrainer:
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def _embed_train(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward in `bn_groups` chunks (per-device batch-norm statistics of a larger run)."""
-        if self.cfg.bn_groups == 1:
-            return self.net(x)
-        return torch.cat([self.net(c) for c in x.chunk(self.cfg.bn_groups)])
 
     def _loss(self, emb: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         emb = emb.float()
@@ -342,10 +344,10 @@ class Pretrainer:
         cfg, dist = self.cfg, self.dist
         resumed = self.try_resume()
         s = self.state
-        if not resumed and self.kind == "ir" and self.val is not None:
+        if not resumed and self.kind == "ir" and self.val is not None and dist.is_main:
             s.extra["knn_top1_init"] = knn_top1(self.embed(self.val), self.val.labels, self.embed(self.train_eval),
                                                 self.train.labels, self.num_classes, cfg.knn_k, cfg.knn_temperature)
-        if not resumed and self.kind == "la":
+        if not resumed and self.kind == "la" and dist.is_main:
             s.extra["knn_top1_init"] = self.knn_monitor()
         self._replay_history()
         steps_done_now = 0
@@ -354,9 +356,8 @@ class Pretrainer:
             epoch = s.epoch
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch)
-            epoch_stats: dict[str, float] = {}
-            if self.kind == "la" and s.step == 0:
-                epoch_stats.update(self._cluster())
+            if s.step == 0:
+                s.loss_sum, s.epoch_stats = 0.0, (self._cluster() if self.kind == "la" else {})
             batches = _Batches(self.num_items, cfg, epoch, dist)
             loss_sum, seen, t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
             arrays = isinstance(self.train, ArrayImages)
@@ -376,7 +377,7 @@ class Pretrainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 idx = idx.to(self.device)
                 with self._autocast():
-                    emb = self._embed_train(x)
+                    emb = self.net(x)
                 loss = self._loss(emb, idx, g)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -388,14 +389,17 @@ class Pretrainer:
                 s.global_step += 1
                 steps_done_now += 1
                 if cfg.checkpoint_every_steps and s.global_step % cfg.checkpoint_every_steps == 0 and s.step < batches.steps:
+                    s.loss_sum += loss_sum.item()
+                    loss_sum.zero_()
                     self._save()
                 if stop_after_steps is not None and steps_done_now >= stop_after_steps:
                     barrier()
                     return PretrainResult(s.epoch, s.history, {}, interrupted=True)
             seconds = time.perf_counter() - t0
-            loss_mean = all_gather_cat((loss_sum / max(seen, 1)).reshape(1)).mean().item()
+            local_mean = torch.tensor([(s.loss_sum + loss_sum.item()) / batches.steps], device=self.device)
+            loss_mean = all_gather_cat(local_mean).mean().item()
             metrics = {"loss": loss_mean, "lr": lr_at(cfg, epoch),
-                       "img_per_s": seen * cfg.batch_size / max(seconds, 1e-9), **epoch_stats}
+                       "img_per_s": seen * cfg.batch_size / max(seconds, 1e-9), **s.epoch_stats}
             knn = self.knn_monitor() if dist.is_main else None
             if knn is not None:
                 metrics["knn_top1"] = knn

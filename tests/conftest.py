@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny datasets in the prepared format, tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("LOCALAGG_NO_PROGRESS", "1")
+
+
+def make_arrays_dataset(out_dir, n_train=32, n_val=16, size=16, num_classes=4, seed=0, name="tiny"):
+    """A tiny kind-"arrays" dataset of class-dependent blobs (learnable, deterministic)."""
+    from localagg.data.manifest import write_arrays_dataset
+
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = np.arange(n) % num_classes
+        yy, xx = np.mgrid[0:size, 0:size]
+        images = np.empty((n, size, size), dtype=np.uint8)
+        for i, c in enumerate(labels):
+            cy, cx = (size / 4) * (1 + 2 * (c // 2)), (size / 4) * (1 + 2 * (c % 2))
+            blob = 200 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 8) ** 2))
+            images[i] = np.clip(blob + rng.normal(0, 20, (size, size)), 0, 255)
+        return images, labels
+
+    return write_arrays_dataset(out_dir, name, [f"c{i}" for i in range(num_classes)],
+                                {"train": split(n_train), "val": split(n_val)})
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    d = tmp_path / "object"
+    make_arrays_dataset(d)
+    return d

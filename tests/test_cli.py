@@ -1,0 +1,83 @@
+"""The command line: user errors are one message with a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def localagg(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "stages", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def write_params(tmp_path, mutate) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    mutate(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in proc.stderr, proc.stderr
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write_params(tmp_path, lambda p: p["prepare"]["object"].update(num_trian=5))
+    _assert_user_error(localagg("prepare", "--params", str(path)), "prepare.object.num_trian: unknown key", "num_train")
+
+
+@pytest.mark.parametrize("mutate, fragments", [
+    (lambda p: p["prepare"]["object"].update(num_train=-1), ["prepare.object.num_train", "greater than or equal to 0"]),
+    (lambda p: p["prepare"]["object"].update(num_train="many"), ["prepare.object.num_train", "'many'"]),
+    (lambda p: p["prepare"].update(detection={"source": "voc"}), ["prepare.detection", "root is required"]),
+    (lambda p: p["prepare"]["object"].update(root="/nonexistent/fm"), ["prepare.object.root = /nonexistent/fm", "does not exist"]),
+    (lambda p: p.update(pretrain_iaa={}), ["unknown section(s) pretrain_iaa"]),
+    (lambda p: p["prepare"]["detection"].update(objects_per_image=[3, 1]), ["objects_per_image"]),
+])
+def test_bad_prepare_params_stop_before_work(tmp_path, mutate, fragments):
+    _assert_user_error(localagg("prepare", "--params", str(write_params(tmp_path, mutate))), *fragments)
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_pretrain_params(tmp_path):
+    path = write_params(tmp_path, lambda p: p["pretrain_la"].update(lr_drops=[50]))
+    _assert_user_error(localagg("pretrain-la", "--params", str(path)), "pretrain_la", "lr_drops")
+    path = write_params(tmp_path, lambda p: p["model"].update(arch="resnet101"))
+    _assert_user_error(localagg("pretrain-ia", "--params", str(path)), "model.arch", "resnet18")
+
+
+def test_missing_params_file(tmp_path):
+    _assert_user_error(localagg("prepare", "--params", str(tmp_path / "nope.yaml")), "does not exist")
+
+
+def test_pretrain_before_prepare_names_the_stage(tmp_path):
+    proc = localagg("pretrain-ia", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    _assert_user_error(proc, "run the `prepare` stage first")
+
+
+def test_preset_apply_merges_keeps_comments_and_validates(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    proc = localagg("preset", "apply", "paper-resnet50", "--params", str(path))
+    assert proc.returncode == 0, proc.stderr
+    merged = yaml.safe_load(path.read_text())
+    assert merged["prepare"]["object"]["source"] == "imagenet"
+    assert merged["model"]["arch"] == "resnet50"
+    assert "# ImageNet's role" in path.read_text()  # comments survive
+    assert localagg("preset", "apply", "no-such-preset", "--params", str(path)).returncode == 2
+
+
+def test_help_lists_every_stage():
+    out = localagg("--help").stdout
+    for cmd in ("prepare", "pretrain-ia", "pretrain-la", "preset", "check"):
+        assert cmd in out

@@ -1,0 +1,166 @@
+"""Pretraining loop: resume equals uninterrupted, DDP equals one process, warm-start checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from localagg.data.augment import AugmentSpec
+from localagg.errors import UserError
+from localagg.training import checkpoint as ckpt
+from localagg.training.config import IRConfig, LAConfig, ModelConfig
+from localagg.training.distributed import DistInfo
+from localagg.training.pretrain import Pretrainer, lr_at, param_groups
+
+from .conftest import make_arrays_dataset
+
+MODEL = ModelConfig(arch="resnet18", stem="small", embedding_dim=16)
+AUG = AugmentSpec(crop_size=16, crop_scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0,
+                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+COMMON = dict(batch_size=8, lr=0.05, knn_k=5, device="cpu", threads=1)
+
+
+def ir_cfg(**kw):
+    return IRConfig(**{**COMMON, "epochs": 2, "num_negatives": 16, **kw})
+
+
+def la_cfg(**kw):
+    return LAConfig(**{**COMMON, "epochs": 2, "k": 12, "num_kmeans": 2, "num_clusters": 4, "kmeans_iterations": 5, **kw})
+
+
+def _same_state(a: dict, b: dict, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype.is_floating_point:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=f"tensor {k} differs")
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_lr_schedule_and_weight_decay_groups():
+    cfg = ir_cfg(epochs=10, lr_drops=[4, 8])
+    assert [lr_at(cfg, e) for e in (0, 3, 4, 7, 8, 9)] == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005])
+    from localagg.models import build_model
+
+    model = build_model("resnet18", "imagenet", 16)
+    decay, no_decay = param_groups(model, 1e-4)
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in no_decay["params"]} == bn_params
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
+    assert id(model.head.bias) in {id(p) for p in decay["params"]}
+
+
+def test_ir_then_la_trains_and_exports(tiny_data, tmp_path):
+    ir = Pretrainer(ir_cfg(), MODEL, AUG, tiny_data, tmp_path / "ck_ir", val_dir=tiny_data)
+    res = ir.run()
+    assert res.epochs == 2 and len(res.history) == 2
+    assert "knn_top1_init" in res.summary and "final_knn_top1" in res.summary
+    ir.export(tmp_path / "ir.pt")
+    la = Pretrainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "ck_la", val_dir=tiny_data, init_from=tmp_path / "ir.pt")
+    # warm start: LA begins from the IR weights and bank
+    exported = ckpt.load(tmp_path / "ir.pt")
+    assert torch.equal(la.bank.memory, exported["bank"])
+    res = la.run()
+    assert {"cluster_nmi", "kmeans_seconds"} <= set(res.history[0])
+    assert la.state.cluster_labels.shape == (2, 32)
+
+
+@pytest.mark.parametrize("make_cfg", [ir_cfg, la_cfg], ids=["ir", "la"])
+def test_interrupted_then_resumed_equals_uninterrupted(make_cfg, tiny_data, tmp_path):
+    cfg = make_cfg(epochs=3, checkpoint_every_steps=1)
+    init = None
+    if make_cfg is la_cfg:
+        ir = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
+        ir.run()
+        ir.export(tmp_path / "ir.pt")
+        init = tmp_path / "ir.pt"
+    full = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "full", init_from=init)
+    full.run()
+    first = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
+    assert first.run(stop_after_steps=6).interrupted  # 4 steps per epoch: stops inside epoch 2
+    assert ckpt.load(tmp_path / "cut" / "last.pt")["step"] == 2
+    resumed = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
+    assert resumed.try_resume()
+    resumed = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
+    resumed.run()
+    _same_state(full.model.state_dict(), resumed.model.state_dict())
+    assert torch.equal(full.bank.memory, resumed.bank.memory)
+    assert [h["loss"] for h in resumed.state.history] == [h["loss"] for h in full.state.history]
+    assert [h["epoch"] for h in resumed.state.history] == [1, 2, 3]
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):
+    Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").run()
+    other = Pretrainer(ir_cfg(epochs=1, lr=0.01), MODEL, AUG, tiny_data, tmp_path / "ck")
+    assert not other.try_resume()
+
+
+def test_warm_start_of_another_architecture_or_dataset_is_a_clear_error(tiny_data, tmp_path):
+    ir = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    ir.run()
+    ir.export(tmp_path / "ir.pt")
+    with pytest.raises(UserError, match="arch: checkpoint has 'resnet18', config asks for 'resnet50'"):
+        Pretrainer(la_cfg(), ModelConfig(arch="resnet50", embedding_dim=16), AUG, tiny_data, tmp_path / "la",
+                   init_from=tmp_path / "ir.pt")
+    bigger = tmp_path / "bigger"
+    make_arrays_dataset(bigger, n_train=40)
+    with pytest.raises(UserError, match="with 32 images; this run trains on tiny with 40"):
+        Pretrainer(la_cfg(), MODEL, AUG, bigger, tmp_path / "la2", init_from=tmp_path / "ir.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        Pretrainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "la3", init_from=tmp_path / "missing.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A gentle learning rate and one epoch (4 steps) keep float rounding (reduction order differs
+# between 1 and 2 processes) from being amplified; a real error (wrong slice, gradients not
+# averaged, bank not gathered) gives differences orders of magnitude above the tolerance.
+DDP_KW = dict(lr=0.005, epochs=1)
+
+
+def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, num_processes=world)
+        init = out / "ir.pt" if kind == "la" else None
+        t = Pretrainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init,
+                       dist=DistInfo(rank, world, rank, torch.device("cpu")))
+        t.run()
+        torch.save({"model": t.model.state_dict(), "bank": t.bank.memory}, out / f"ddp_{kind}_rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ir", "la"])
+def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
+    if kind == "la":
+        ir = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
+        ir.run()
+        ir.export(tmp_path / "ir.pt")
+    init = tmp_path / "ir.pt" if kind == "la" else None
+    # one process, batch norm over the two halves of the batch as two devices would
+    single = Pretrainer((ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "one",
+                        init_from=init)
+    single.run()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), kind, tiny_data, tmp_path), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / f"ddp_{kind}_rank0.pt")
+    r1 = torch.load(tmp_path / f"ddp_{kind}_rank1.pt")
+    assert torch.equal(r0["bank"], r1["bank"]), "bank replicas diverged"
+    params = dict(single.model.named_parameters())
+    for name, p in params.items():
+        torch.testing.assert_close(r0["model"][name], p.detach(), atol=1e-4, rtol=1e-4, msg=f"{name} differs")
+    torch.testing.assert_close(r0["bank"], single.bank.memory, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(single.bank.memory, Pretrainer(
+        (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW), MODEL, AUG, tiny_data, tmp_path / "fresh", init_from=init).bank.memory)
+
