@@ -61,6 +61,7 @@ def run_kmeans(
         iterations: Lloyd iterations per clustering (official: 20).
         seed: seed of clustering 0 (official: 1234).
         use_gpu: None = GPU when faiss has GPU support and sees a GPU; True requires one.
+            On GPU, faiss shares the work over every GPU it sees.
         verbose: let faiss print its per-iteration log.
     """
     x = np.ascontiguousarray(bank, dtype=np.float32)
