@@ -164,3 +164,19 @@ def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
     assert not torch.equal(single.bank.memory, Pretrainer(
         (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW), MODEL, AUG, tiny_data, tmp_path / "fresh", init_from=init).bank.memory)
 
+
+
+def test_bank_init_features_starts_from_the_initial_network(tiny_data, tmp_path):
+    from localagg.training.distributed import DistInfo as D
+    from localagg.training.pretrain import _Batches
+
+    cfg = ir_cfg(bank_init="features", epochs=1)
+    t = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "ck")
+    expected = t.embed(t.train_eval)
+    assert not torch.allclose(t.bank.memory, expected)
+    t.run(stop_after_steps=1)
+    first = _Batches(32, cfg, 0, D()).local(0)
+    untouched = torch.ones(32, dtype=torch.bool)
+    untouched[first] = False
+    assert torch.equal(t.bank.memory[untouched], expected[untouched])
+    assert not torch.allclose(t.bank.memory[first], expected[first])

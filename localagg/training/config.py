@@ -33,7 +33,9 @@ class TrainingConfig(_Config):
     lr_gamma: float = Field(0.1, gt=0, le=1)
     seed: int = 0
     bank_momentum: float = Field(0.5, ge=0, le=1)
-    bank_normalize_init: bool = Field(False, description="L2-normalise the bank at init (PyTorch port) or not (TF reference)")
+    bank_normalize_init: bool = Field(False, description="L2-normalise the uniform bank init (PyTorch port) or not (TF reference)")
+    bank_init: Literal["uniform", "features"] = Field(
+        "uniform", description="uniform: the paper's random bank; features: the initial network's embeddings (short runs)")
     temperature: float = Field(0.07, gt=0)
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.07, gt=0)

@@ -344,10 +344,14 @@ class Pretrainer:
         cfg, dist = self.cfg, self.dist
         resumed = self.try_resume()
         s = self.state
-        if not resumed and self.kind == "ir" and self.val is not None and dist.is_main:
-            s.extra["knn_top1_init"] = knn_top1(self.embed(self.val), self.val.labels, self.embed(self.train_eval),
-                                                self.train.labels, self.num_classes, cfg.knn_k, cfg.knn_temperature)
-        if not resumed and self.kind == "la" and dist.is_main:
+        if not resumed and self.init_from is None:
+            initial = self.embed(self.train_eval) if (cfg.bank_init == "features" or self.val is not None) else None
+            if self.val is not None and dist.is_main:
+                s.extra["knn_top1_init"] = knn_top1(self.embed(self.val), self.val.labels, initial, self.train.labels,
+                                                    self.num_classes, cfg.knn_k, cfg.knn_temperature)
+            if cfg.bank_init == "features":
+                self.bank.memory.copy_(broadcast(initial.to(self.device)))
+        if not resumed and self.init_from is not None and dist.is_main:
             s.extra["knn_top1_init"] = self.knn_monitor()
         self._replay_history()
         steps_done_now = 0

@@ -1,0 +1,349 @@
+"""Linear readout of a frozen backbone: one linear softmax classifier per readout layer.
+
+Protocol (la-method.md, "Linear transfer (readout) protocol"): the backbone is frozen with
+batch norm in eval mode; the classifiers of all readout layers (conv1 = stem output,
+conv2..conv5 = layer1..layer4) are trained together from one backbone forward per batch,
+with SGD (momentum 0.9, lr 0.01 with step drops, batch 128, weight decay 1e-4 on the
+classifiers) and cross-entropy; evaluation reports the centre crop and the 10-crop score
+(softmax outputs averaged over the ten crops of crops.py).
+
+Per layer, for a map f (B, C, H, W):
+    p = flatten(adaptive_avg_pool(f, (s_h, s_w)))        (B, D),  D = C s_h s_w
+    s = max(1, floor(sqrt(target / C)))                  the largest side with C s^2 <= target
+    s_h = min(H, s), s_w = min(W, s)                     (a map is never upsampled)
+    logits = W_l (p - mu) / sigma + b_l                  (B, num_classes)
+The pooling is VISSL's choice (about `pool_target_dims` = 9000 dimensions a layer), not the
+official code's flatten-and-halve-while-over-200,000 rule. For 224 px inputs (imagenet stem):
+ResNet-18 conv1..conv5 -> 7744, 7744, 8192, 6400, 8192; ResNet-50 -> 7744, 6400, 8192, 4096, 8192.
+
+Standardisation (`standardize`, on by default): mu and sigma = sqrt(var + 1e-5) are per-dimension
+statistics of the pooled training features, computed once before training from up to
+`standardize_images` evenly spaced training images at the evaluation geometry, and fixed
+thereafter. The classifier stays linear in p (this only reparametrises it, as a frozen
+BatchNorm1d(affine=False) would; VISSL puts a batch norm before its linear heads), but it
+makes one learning rate work for every layer and every backbone: raw pooled features of a
+randomly initialised ResNet-50 are ~25 in magnitude at conv5 and ~0.1 at conv1, and the SGD
+step on the logits scales with |p|^2.
+
+Geometry (uint8 batches from the prepared datasets, processed on the device):
+    eval                      resize the shorter side to `eval_resize` (default 256/224 of
+                              the crop), centre crop `crop_size` (and the ten crops)
+    none                      the eval geometry for training too (features may be cached)
+    resize_random_crop_flip   resize to `eval_resize`, random `crop_size` crop, flip (Places205)
+    random_resized_crop_flip  RandomResizedCrop(`crop_size`, scale `crop_scale`, ratio 3/4-4/3)
+                              + flip (ImageNet), resampled as augment.apply does
+File datasets (ImageNet, Places205) must be opened with
+`open_split(dir, split, crop_size=eval_resize, resize=eval_resize)` (transfer.open_readout_split):
+each image arrives as its central eval_resize square, so random crops are taken from that
+square rather than from the full image, and the ten crops' corners are those of the square
+(torchvision's TenCrop takes the corners of the whole resized image) -- a stated deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator, Literal, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import augment
+from ..data.augment import AugmentSpec, step_generator
+from ..models.backbone import READOUT_LAYERS, EmbeddingNet
+from ..progress import track
+from ..training.distributed import pick_device
+from .crops import center_crop, random_crop, resize_shorter, ten_crop
+
+ReadoutLayer = Literal["conv1", "conv2", "conv3", "conv4", "conv5"]
+STD_EPS = 1e-5
+
+
+class EpochLogger(Protocol):
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+class LinearReadoutConfig(BaseModel):
+    """The readout recipe (la-method.md: SGD 0.9, lr 0.01, batch 128, wd 1e-4, drops x0.1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: list[ReadoutLayer] = Field(default_factory=lambda: list(READOUT_LAYERS))
+    pool_target_dims: int = Field(9000, ge=1, description="pool each map to the largest s x s with C s^2 <= this")
+    epochs: int = Field(..., ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, description="on the classifiers (weights and biases)")
+    lr_drops: list[int] = Field(default_factory=list, description="epochs at which lr *= lr_gamma")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    seed: int = 0
+    crop_size: int = Field(224, ge=8)
+    eval_resize: int | None = Field(None, ge=8, description="shorter side before cropping; default round(crop_size * 256 / 224)")
+    train_augment: Literal["random_resized_crop_flip", "resize_random_crop_flip", "none"] = "random_resized_crop_flip"
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range of random_resized_crop_flip")
+    ten_crop: bool = Field(True, description="also evaluate on 10 crops (softmax averaged)")
+    cache_features: bool = Field(False, description="train_augment none only: pool the features once, train on the cache")
+    standardize: bool = Field(True, description="fixed per-dimension standardisation of the pooled features")
+    standardize_images: int = Field(10000, ge=2, description="training images the standardisation statistics come from")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0, description="data-loader workers for file datasets")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers must be a non-empty list without repeats, got {self.layers}")
+        if sorted(self.lr_drops) != list(self.lr_drops) or any(not 0 < e < self.epochs for e in self.lr_drops):
+            raise ValueError(f"lr_drops must be increasing epochs inside (0, epochs={self.epochs}), got {self.lr_drops}")
+        if self.resize < self.crop_size:
+            raise ValueError(f"eval_resize {self.resize} is smaller than crop_size {self.crop_size}")
+        if self.cache_features and self.train_augment != "none":
+            raise ValueError("cache_features needs train_augment: none (augmented features cannot be cached)")
+        return self
+
+    @property
+    def resize(self) -> int:
+        """The shorter side images are resized to before cropping."""
+        return self.eval_resize if self.eval_resize is not None else round(self.crop_size * 256 / 224)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.lr_gamma ** sum(epoch >= d for d in self.lr_drops)
+
+
+def pool_side(channels: int, target: int) -> int:
+    """The largest s >= 1 with channels * s * s <= target (1 when even s = 1 exceeds it)."""
+    return max(1, math.isqrt(target // channels))
+
+
+def pooled_dim(channels: int, spatial: int, target: int = 9000) -> int:
+    """Feature size of a (channels, spatial, spatial) map after the readout pooling."""
+    s = min(spatial, pool_side(channels, target))
+    return channels * s * s
+
+
+class LayerReadout(nn.Module):
+    """Adaptive average pool -> flatten -> fixed standardisation -> linear, for one layer."""
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, target: int):
+        super().__init__()
+        s = pool_side(channels, target)
+        self.pool_size = (min(height, s), min(width, s))
+        self.dim = channels * self.pool_size[0] * self.pool_size[1]
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("inv_std", torch.ones(self.dim))
+        self.fc = nn.Linear(self.dim, num_classes)
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D)."""
+        return F.adaptive_avg_pool2d(fmap, self.pool_size).flatten(1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, D) pooled features -> (B, num_classes) logits."""
+        return self.fc((pooled - self.mean) * self.inv_std)
+
+
+def iter_batches(ds: Dataset, index_batches: Iterable[torch.Tensor], num_workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(uint8 images (B, 3, H, W), labels, indices) for each index batch: the in-memory
+    fast path (`ds.batch`) for arrays datasets, a DataLoader for file datasets."""
+    if hasattr(ds, "batch"):
+        for idx in index_batches:
+            yield ds.batch(idx)
+        return
+    loader = DataLoader(ds, batch_sampler=[b.tolist() for b in index_batches], num_workers=num_workers,
+                        pin_memory=pin_memory)
+    yield from loader
+
+
+class _Readout:
+    """The state of one readout run: frozen model, heads, optimiser, geometry."""
+
+    def __init__(self, model: EmbeddingNet, num_classes: int, cfg: LinearReadoutConfig, spec: AugmentSpec):
+        self.cfg, self.num_classes = cfg, num_classes
+        self.device = pick_device(cfg.device)
+        self.spec = spec
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, cfg.crop_size, cfg.crop_size, device=self.device)
+            shapes = {n: f.shape[1:] for n, f in self.model.features(probe, cfg.layers).items()}
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.heads = nn.ModuleDict()
+        for name in cfg.layers:
+            head = LayerReadout(*shapes[name], num_classes, cfg.pool_target_dims)
+            with torch.no_grad():
+                head.fc.weight.normal_(0.0, 0.01, generator=g)
+                head.fc.bias.zero_()
+            self.heads[name] = head
+        self.heads.to(self.device)
+        # geometry of random_resized_crop_flip: augment.apply without colour or grey changes
+        self.rrc = AugmentSpec(crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, hflip=True,
+                               color_jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, mean=spec.mean, std=spec.std)
+
+    # ------------------------------------------------------------------ geometry and features
+
+    def _batches(self, ds: Dataset, index_batches: list[torch.Tensor]):
+        return iter_batches(ds, index_batches, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+
+    def eval_view(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> resized (B, 3, >=R, >=R) float in [0, 1], R = cfg.resize."""
+        return resize_shorter(images.to(self.device).float().div_(255), self.cfg.resize)
+
+    def train_view(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalised training crops (B, 3, S, S)."""
+        cfg = self.cfg
+        if cfg.train_augment == "random_resized_crop_flip":
+            d = augment.draw(self.rrc, images.shape[0], images.shape[2], images.shape[3], g)
+            return augment.apply(images.to(self.device), d, self.rrc)
+        x = self.eval_view(images)
+        if cfg.train_augment == "none":
+            return augment.normalize(center_crop(x, cfg.crop_size), self.spec)
+        B, _, H, W = x.shape
+        top_left = torch.stack([torch.randint(0, H - cfg.crop_size + 1, (B,), generator=g),
+                                torch.randint(0, W - cfg.crop_size + 1, (B,), generator=g)], dim=1)
+        flip = torch.rand(B, generator=g) < 0.5
+        return augment.normalize(random_crop(x, cfg.crop_size, top_left, flip), self.spec)
+
+    @torch.no_grad()
+    def pooled(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised images (B, 3, S, S) -> {layer: pooled features (B, D)}, one backbone forward."""
+        maps = self.model.features(x, self.cfg.layers)
+        return {n: self.heads[n].pool(maps[n]) for n in self.cfg.layers}
+
+    def _eval_pooled(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.pooled(augment.normalize(center_crop(self.eval_view(images), self.cfg.crop_size), self.spec))
+
+    # ------------------------------------------------------------------ passes over the training set
+
+    @torch.no_grad()
+    def standardize(self, train_ds: Dataset) -> None:
+        """Fix each head's mean and 1/std from evenly spaced training images (eval geometry)."""
+        n, m = len(train_ds), min(len(train_ds), self.cfg.standardize_images)
+        idx = torch.arange(m) * n // m
+        sums = {k: torch.zeros(h.dim, dtype=torch.float64, device=self.device) for k, h in self.heads.items()}
+        squares = {k: torch.zeros_like(v) for k, v in sums.items()}
+        for images, _, _ in track(self._batches(train_ds, list(idx.split(self.cfg.batch_size))), "readout statistics",
+                                  total=-(-m // self.cfg.batch_size)):
+            for k, p in self._eval_pooled(images).items():
+                p = p.double()
+                sums[k] += p.sum(0)
+                squares[k] += (p * p).sum(0)
+        for k, head in self.heads.items():
+            mean = sums[k] / m
+            var = (squares[k] / m - mean * mean).clamp_(min=0)
+            head.mean.copy_(mean.float())
+            head.inv_std.copy_((var + STD_EPS).rsqrt().float())
+
+    @torch.no_grad()
+    def cache(self, train_ds: Dataset) -> dict[str, torch.Tensor]:
+        """Pooled features {layer: (N, D) float32 on the CPU} of the whole training set (eval geometry)."""
+        n, bs = len(train_ds), self.cfg.batch_size
+        out = {k: torch.empty(n, h.dim) for k, h in self.heads.items()}
+        for images, _, idx in track(self._batches(train_ds, list(torch.arange(n).split(bs))), "readout feature cache",
+                                    total=-(-n // bs)):
+            for k, p in self._eval_pooled(images).items():
+                out[k][idx] = p.cpu()
+        return out
+
+    def train(self, train_ds: Dataset, logger: EpochLogger | None) -> list[dict[str, float]]:
+        cfg = self.cfg
+        cached = self.cache(train_ds) if cfg.cache_features else None
+        labels_all = train_ds.labels
+        opt = torch.optim.SGD(self.heads.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        history = []
+        n = len(train_ds)
+        for epoch in range(cfg.epochs):
+            lr = cfg.lr_at(epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            order = torch.randperm(n, generator=step_generator(cfg.seed, epoch))
+            index_batches = list(order.split(cfg.batch_size))
+            if cached is None:
+                source = self._batches(train_ds, index_batches)
+            else:
+                source = ((None, labels_all[idx], idx) for idx in index_batches)
+            loss_sums = {k: torch.zeros((), device=self.device) for k in cfg.layers}
+            for step, (images, labels, idx) in enumerate(track(source, f"readout epoch {epoch + 1}/{cfg.epochs}",
+                                                               total=len(index_batches))):
+                if cached is None:
+                    feats = self.pooled(self.train_view(images, step_generator(cfg.seed, epoch, step)))
+                else:
+                    feats = {k: cached[k][idx].to(self.device) for k in cfg.layers}
+                y = labels.to(self.device)
+                losses = {k: F.cross_entropy(self.heads[k](feats[k]), y) for k in cfg.layers}
+                opt.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()
+                opt.step()
+                for k, loss in losses.items():
+                    loss_sums[k] += loss.detach() * y.shape[0]
+            metrics = {f"loss_{k}": v.item() / n for k, v in loss_sums.items()}
+            metrics["lr"] = lr
+            history.append({"epoch": epoch + 1, **metrics})
+            if logger is not None:
+                logger.log_epoch(epoch + 1, metrics)
+        return history
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, val_ds: Dataset) -> dict[str, dict[str, float]]:
+        """Top-1/top-5 (%) per layer on the centre crop and, with cfg.ten_crop, on 10 crops."""
+        cfg = self.cfg
+        self.heads.eval()
+        n, bs = len(val_ds), cfg.batch_size
+        k5 = min(5, self.num_classes)
+        views = {"": 4, "_10crop": None} if cfg.ten_crop else {"": 4}  # crop 4 of ten_crop is the centre crop
+        correct = {(k, v, top): 0 for k in cfg.layers for v in views for top in (1, k5)}
+        for images, labels, _ in track(self._batches(val_ds, list(torch.arange(n).split(bs))), "readout evaluation",
+                                       total=-(-n // bs)):
+            x = self.eval_view(images)
+            y = labels.to(self.device)
+            crops = ten_crop(x, cfg.crop_size) if cfg.ten_crop else center_crop(x, cfg.crop_size)[:, None]  # (B, V, 3, S, S)
+            probs = {k: {} for k in cfg.layers}  # layer -> view -> (B, classes)
+            for j in range(crops.shape[1]):
+                feats = self.pooled(augment.normalize(crops[:, j], self.spec))
+                for k in cfg.layers:
+                    p = F.softmax(self.heads[k](feats[k]), dim=1)
+                    if j == 4 or not cfg.ten_crop:
+                        probs[k][""] = p
+                    if cfg.ten_crop:
+                        probs[k]["_10crop"] = probs[k].get("_10crop", 0) + p / 10
+            for k in cfg.layers:
+                for v, p in probs[k].items():
+                    top = p.topk(k5, dim=1).indices  # (B, k5)
+                    hit = top == y[:, None]
+                    correct[(k, v, 1)] += hit[:, 0].sum().item()
+                    correct[(k, v, k5)] += hit.any(1).sum().item()
+        out = {}
+        for k in cfg.layers:
+            out[k] = {}
+            for v in views:
+                out[k][f"top1{v}"] = 100.0 * correct[(k, v, 1)] / n
+                out[k][f"top5{v}"] = 100.0 * correct[(k, v, k5)] / n
+        return out
+
+
+def train_linear_readout(model: EmbeddingNet, train_ds: Dataset, val_ds: Dataset, num_classes: int,
+                         cfg: LinearReadoutConfig, augment_spec: AugmentSpec, logger: EpochLogger | None = None) -> dict:
+    """Train the per-layer linear classifiers on `train_ds` and score them on `val_ds`.
+
+    `model` is moved to cfg.device and frozen in place (eval mode, requires_grad False); its
+    weights and batch-norm statistics are never changed. `augment_spec` gives the input
+    mean/std. Deterministic for a fixed cfg.seed on the CPU. `logger.log_epoch(epoch,
+    {"loss_<layer>": mean training loss, "lr": lr})` is called after every epoch.
+
+    Returns {"layers": {layer: {"top1", "top5"[, "top1_10crop", "top5_10crop"]}} (percent;
+    top-5 is top-min(5, num_classes)), "feature_dims": {layer: D}, "history": [{"epoch", ...}]}.
+    """
+    run = _Readout(model, num_classes, cfg, augment_spec)
+    if cfg.standardize:
+        run.standardize(train_ds)
+    history = run.train(train_ds, logger)
+    return {
+        "layers": run.evaluate(val_ds),
+        "feature_dims": {k: h.dim for k, h in run.heads.items()},
+        "history": history,
+    }
