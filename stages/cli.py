@@ -77,7 +77,7 @@ def pretrain_la(params: Path = ParamsOption) -> None:
 @app.command()
 @user_errors
 def check(params: Path = ParamsOption) -> None:
-    """Validate every section of the params file and report the first problem of each."""
+    """Validate every section of the params file; stops at the first section with a problem."""
     from .params import validate_all
 
     sections = validate_all(params)

@@ -292,31 +292,29 @@ class _Readout:
     def evaluate(self, val_ds: Dataset) -> dict[str, dict[str, float]]:
         """Top-1/top-5 (%) per layer on the centre crop and, with cfg.ten_crop, on 10 crops."""
         cfg = self.cfg
-        self.heads.eval()
         n, bs = len(val_ds), cfg.batch_size
         k5 = min(5, self.num_classes)
-        views = {"": 4, "_10crop": None} if cfg.ten_crop else {"": 4}  # crop 4 of ten_crop is the centre crop
+        views = ("", "_10crop") if cfg.ten_crop else ("",)
+        centre = 4 if cfg.ten_crop else 0  # crop 4 of ten_crop is the centre crop
         correct = {(k, v, top): 0 for k in cfg.layers for v in views for top in (1, k5)}
         for images, labels, _ in track(self._batches(val_ds, list(torch.arange(n).split(bs))), "readout evaluation",
                                        total=-(-n // bs)):
             x = self.eval_view(images)
             y = labels.to(self.device)
             crops = ten_crop(x, cfg.crop_size) if cfg.ten_crop else center_crop(x, cfg.crop_size)[:, None]  # (B, V, 3, S, S)
-            probs = {k: {} for k in cfg.layers}  # layer -> view -> (B, classes)
+            probs = {(k, v): 0.0 for k in cfg.layers for v in views}  # softmax outputs (B, classes)
             for j in range(crops.shape[1]):
                 feats = self.pooled(augment.normalize(crops[:, j], self.spec))
                 for k in cfg.layers:
                     p = F.softmax(self.heads[k](feats[k]), dim=1)
-                    if j == 4 or not cfg.ten_crop:
-                        probs[k][""] = p
+                    if j == centre:
+                        probs[(k, "")] = p
                     if cfg.ten_crop:
-                        probs[k]["_10crop"] = probs[k].get("_10crop", 0) + p / 10
-            for k in cfg.layers:
-                for v, p in probs[k].items():
-                    top = p.topk(k5, dim=1).indices  # (B, k5)
-                    hit = top == y[:, None]
-                    correct[(k, v, 1)] += hit[:, 0].sum().item()
-                    correct[(k, v, k5)] += hit.any(1).sum().item()
+                        probs[(k, "_10crop")] = probs[(k, "_10crop")] + p / 10
+            for (k, v), p in probs.items():
+                hit = p.topk(k5, dim=1).indices == y[:, None]  # (B, k5)
+                correct[(k, v, 1)] += hit[:, 0].sum().item()
+                correct[(k, v, k5)] += hit.any(1).sum().item()
         out = {}
         for k in cfg.layers:
             out[k] = {}

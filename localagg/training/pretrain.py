@@ -305,7 +305,8 @@ class Pretrainer:
             seconds = time.perf_counter() - t0
             labels.copy_(torch.from_numpy(found))
             full = clustering.cluster_statistics(found, self.train.labels.numpy())
-            stats = {f"cluster_{k}": float(v) for k, v in full.items() if isinstance(v, (int, float))}
+            stats = {f"cluster_{k}": float(v) for k, v in full.items()
+                     if isinstance(v, (int, float)) and k not in ("num_clusterings", "num_points")}
             stats["kmeans_seconds"] = seconds
         self.state.cluster_labels = broadcast(labels)
         return stats
