@@ -57,7 +57,7 @@ def _pretrain(stage: str, params: Path) -> None:
 def pretrain_ia(params: Path = ParamsOption) -> None:
     """Instance Recognition warm start (stage `pretrain_ia`): NCE over the memory bank.
 
-    Reads the `model`, `augment` and `pretrain_ia` sections; writes models/pretrain_ia.pt.
+    Reads the `model`, `augment` and `pretrain_ia` sections; writes models/ir.pt.
     Resumes from checkpoints/pretrain_ia/last.pt when it belongs to the same params.
     """
     _pretrain("pretrain_ia", params)
@@ -68,10 +68,49 @@ def pretrain_ia(params: Path = ParamsOption) -> None:
 def pretrain_la(params: Path = ParamsOption) -> None:
     """Local Aggregation from the IR model and bank (stage `pretrain_la`).
 
-    Reads the `model`, `augment` and `pretrain_la` sections; writes models/pretrain_la.pt.
+    Reads the `model`, `augment` and `pretrain_la` sections; writes models/la.pt.
     Re-clusters the bank (H k-means of m clusters, faiss) every epoch.
     """
     _pretrain("pretrain_la", params)
+
+
+@app.command()
+@user_errors
+def supervised(params: Path = ParamsOption) -> None:
+    """The supervised reference (stage `supervised`): the same backbone trained with the object
+    set's labels. Reads `model`, `augment` and `supervised`; writes models/supervised.pt.
+    """
+    _pretrain("supervised", params)
+
+
+@app.command("random-init")
+@user_errors
+def random_init(params: Path = ParamsOption) -> None:
+    """The `random` baseline (stage `random_init`): the untrained network, seeded, written to
+    models/random.pt in the same format as the trained models. Reads `model` and `random_init`.
+    """
+    from . import pretrain
+
+    err_console.print(f"wrote {pretrain.write_random(params)}")
+
+
+@app.command()
+@user_errors
+def transfer(
+    model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="object (ImageNet's role) | transfer (Places205's role)"),
+    params: Path = ParamsOption,
+) -> None:
+    """Per-layer linear readout (conv1..conv5) and kNN of one model on one dataset (stage
+    `transfer@<model>-<dataset>`). Reads `model`, `augment` and `transfer`; writes
+    metrics/transfer/<model>-<dataset>.json.
+    """
+    from . import transfer as stage
+
+    m = stage.run(model, dataset, params)
+    conv5 = m["linear"].get("conv5", {})
+    err_console.print(f"transfer {model} on {dataset}: conv5 top-1 {conv5.get('top1', float('nan')):.2f}, "
+                      f"kNN embedding {m['knn']['embedding']:.2f}, conv5 {m['knn']['conv5']:.2f}")
 
 
 @app.command()

@@ -14,8 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from localagg.data.augment import AugmentSpec
+from localagg.evaluation.linear import LinearReadoutConfig
 from localagg.errors import UserError
-from localagg.training.config import IRConfig, LAConfig, ModelConfig
+from localagg.training.config import IRConfig, LAConfig, ModelConfig, SupervisedConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,6 +99,28 @@ class PrepareParams(Section):
     detection: DetectionSet = DetectionSet()
 
 
+class RandomInitParams(Section):
+    """The `random` baseline: the untrained network. With the pretraining seed it is exactly
+    the network IR starts from."""
+
+    seed: int = 0
+
+
+class KnnParams(Section):
+    """Weighted kNN of InstDisc: k neighbours, weights exp(sim / temperature)."""
+
+    k: int = Field(200, ge=1)
+    temperature: float = Field(0.07, gt=0)
+
+
+class TransferParams(Section):
+    """Linear readout protocol per dataset (object: ImageNet's, transfer: Places205's) and kNN."""
+
+    object: LinearReadoutConfig
+    transfer: LinearReadoutConfig
+    knn: KnnParams = KnnParams()
+
+
 # --------------------------------------------------------------------------- loading
 
 SECTIONS: dict[str, Type[BaseModel]] = {
@@ -106,6 +129,9 @@ SECTIONS: dict[str, Type[BaseModel]] = {
     "augment": AugmentSpec,
     "pretrain_ia": IRConfig,
     "pretrain_la": LAConfig,
+    "supervised": SupervisedConfig,
+    "random_init": RandomInitParams,
+    "transfer": TransferParams,
 }
 
 

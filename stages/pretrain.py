@@ -1,10 +1,12 @@
-"""Stages `pretrain_ia` (Instance Recognition warm start) and `pretrain_la` (Local Aggregation).
+"""Stages `pretrain_ia` (Instance Recognition warm start), `pretrain_la` (Local Aggregation)
+and `supervised` (the same backbone trained with labels: the reference the paper reports).
 
-Each reads the `model` and `augment` sections and its own (`pretrain_ia` / `pretrain_la`),
-trains on the prepared object set, and writes:
+Each reads the `model` and `augment` sections and its own (`pretrain_ia` / `pretrain_la` /
+`supervised`), trains on the prepared object set, and writes:
 
     checkpoints/<stage>/last.pt    resumable checkpoint (persist: true in dvc.yaml)
-    models/<stage>.pt              final weights + memory bank for the next stages
+    models/<name>.pt               final weights + memory bank for the next stages, named by
+                                   model: ir, la, supervised (and random, from `random_init`)
     metrics/<stage>.json           summary (final kNN top-1, loss, cluster statistics)
     dvclive/<stage>/               per-epoch curves (loss, kNN, lr, img/s, clustering)
 
@@ -26,10 +28,18 @@ from .params import load_section
 OBJECT_DIR = Path("data/prepared/object")
 
 
+MODEL_NAMES = {"pretrain_ia": "ir", "pretrain_la": "la", "supervised": "supervised"}
+
+
+def model_path(name: str) -> Path:
+    """The exported weights of model `name` (la, ir, random, supervised)."""
+    return Path("models") / f"{name}.pt"
+
+
 def paths(stage: str) -> dict[str, Path]:
     return {
         "checkpoints": Path("checkpoints") / stage,
-        "model": Path("models") / f"{stage}.pt",
+        "model": model_path(MODEL_NAMES[stage]),
         "metrics": Path("metrics") / f"{stage}.json",
         "live": Path("dvclive") / stage,
     }
@@ -73,7 +83,7 @@ def run(stage: str, params: Path) -> dict:
     p = paths(stage)
     init_from = None
     if stage == "pretrain_la":
-        init_from = paths("pretrain_ia")["model"]
+        init_from = model_path("ir")
         if not init_from.is_file():
             raise UserError(f"{init_from} does not exist: LA starts from the IR model; run `dvc repro pretrain_ia` first.")
     trainer = Pretrainer(cfg, model_cfg, aug, OBJECT_DIR, p["checkpoints"], val_dir=OBJECT_DIR,
@@ -86,3 +96,20 @@ def run(stage: str, params: Path) -> dict:
         write_json(p["metrics"], result.summary)
         logger.close()
     return result.summary
+
+
+def write_random(params: Path) -> Path:
+    """Stage `random_init`: the untrained network (same architecture, seeded), exported in the
+    same format as the trained models so that every evaluation treats the four alike."""
+    import torch
+
+    from localagg.models import build_model
+    from localagg.training.checkpoint import save_export
+
+    model_cfg = load_section(params, "model")
+    seed = load_section(params, "random_init").seed
+    torch.manual_seed(seed)
+    model = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
+    path = model_path("random")
+    save_export(path, model, "random")
+    return path

@@ -79,5 +79,12 @@ def test_preset_apply_merges_keeps_comments_and_validates(tmp_path):
 
 def test_help_lists_every_stage():
     out = localagg("--help").stdout
-    for cmd in ("prepare", "pretrain-ia", "pretrain-la", "preset", "check"):
+    for cmd in ("prepare", "pretrain-ia", "pretrain-la", "supervised", "random-init", "transfer", "preset", "check"):
         assert cmd in out
+
+
+def test_transfer_without_its_model_names_the_stage_to_run(tmp_path):
+    proc = localagg("transfer", "--model", "la", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    _assert_user_error(proc, "models/la.pt does not exist", "dvc repro pretrain_la")
+    proc = localagg("transfer", "--model", "byol", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    _assert_user_error(proc, "unknown model 'byol'", "la, ir, random, supervised")

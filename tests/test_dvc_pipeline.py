@@ -21,6 +21,9 @@ TINY = {
                 "detection": {"num_trainval": 6, "num_test": 4, "image_size": 64, "scale_range": [0.8, 1.2]}},
     "pretrain_ia": {"epochs": 1, "batch_size": 64, "num_negatives": 64},
     "pretrain_la": {"epochs": 1, "batch_size": 64, "k": 64, "num_kmeans": 2, "num_clusters": 8, "lr_drops": []},
+    "supervised": {"epochs": 1, "batch_size": 64, "lr_drops": []},
+    "transfer": {"object": {"epochs": 1, "lr_drops": [], "pool_target_dims": 512},
+                 "transfer": {"epochs": 1, "lr_drops": [], "pool_target_dims": 512}, "knn": {"k": 20}},
 }
 
 
@@ -69,23 +72,32 @@ def repo_copy(tmp_path_factory):
 def test_repro_then_nothing_then_only_affected_stages(repo_copy):
     dvc = str(BIN / "dvc")
     first = _run([dvc, "repro"], repo_copy)
-    assert {"prepare", "pretrain_ia", "pretrain_la"} <= _ran(first)
-    assert (repo_copy / "models" / "pretrain_la.pt").is_file()
+    assert {"prepare", "pretrain_ia", "pretrain_la", "supervised", "random_init"} <= _ran(first)
+    assert (repo_copy / "models" / "la.pt").is_file()
     assert "up to date" in _run([dvc, "status"], repo_copy).lower()
     assert _ran(_run([dvc, "repro"], repo_copy)) == set()
 
-    # an LA param: only LA reruns
+    assert {f"transfer@{m}-{d}" for m in ("la", "ir", "random", "supervised") for d in ("object", "transfer")} <= _ran(first)
+
+    # an LA param: LA and its two evaluations rerun, nothing else
     _set_params(repo_copy, {"pretrain_la": {"lr": 0.01}})
-    assert _ran(_run([dvc, "repro"], repo_copy)) == {"pretrain_la"}
+    assert _ran(_run([dvc, "repro"], repo_copy)) == {"pretrain_la", "transfer@la-object", "transfer@la-transfer"}
+
+    # a readout param of one dataset: only that dataset's four evaluations
+    _set_params(repo_copy, {"transfer": {"transfer": {"lr": 0.02}}})
+    assert _ran(_run([dvc, "repro"], repo_copy)) == {f"transfer@{m}-transfer" for m in ("la", "ir", "random", "supervised")}
 
     # a prepare param that changes only the detection set: prepare reruns, the object set is
     # byte-identical, so pretraining does not
     _set_params(repo_copy, {"prepare": {"detection": {"num_test": 3}}})
     assert _ran(_run([dvc, "repro"], repo_copy)) == {"prepare"}
 
-    # the object set changes: everything downstream reruns
+    # the object set changes: everything that reads it reruns, the transfer-set readouts of the
+    # retrained models too; the random network and its transfer-set readout do not
     _set_params(repo_copy, {"prepare": {"object": {"num_train": 192}}})
-    assert {"prepare", "pretrain_ia", "pretrain_la"} <= _ran(_run([dvc, "repro"], repo_copy))
+    ran = _ran(_run([dvc, "repro"], repo_copy))
+    assert {"prepare", "pretrain_ia", "pretrain_la", "supervised", "transfer@la-transfer"} <= ran
+    assert "random_init" not in ran and "transfer@random-transfer" not in ran
 
     # metrics and plots are readable by DVC
     shown = _run([dvc, "metrics", "show"], repo_copy)

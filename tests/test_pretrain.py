@@ -180,3 +180,18 @@ def test_bank_init_features_starts_from_the_initial_network(tiny_data, tmp_path)
     untouched[first] = False
     assert torch.equal(t.bank.memory[untouched], expected[untouched])
     assert not torch.allclose(t.bank.memory[first], expected[first])
+
+
+def test_supervised_reference_learns_the_labels(tiny_data, tmp_path):
+    from localagg.training.config import SupervisedConfig
+
+    t = Pretrainer(SupervisedConfig(**{**COMMON, "epochs": 4, "lr": 0.05}), MODEL, AUG, tiny_data, tmp_path / "ck",
+                   val_dir=tiny_data)
+    res = t.run()
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    t.export(tmp_path / "sup.pt")
+    exported = ckpt.load(tmp_path / "sup.pt")
+    assert exported["objective"] == "supervised" and exported["classifier"]["weight"].shape == (4, 512)
+    # the same export format as IR/LA: later stages load it the same way
+    assert exported["model_meta"] == {"arch": "resnet18", "stem": "small", "embedding_dim": 16}

@@ -13,8 +13,12 @@ Per layer, for a map f (B, C, H, W):
     s_h = min(H, s), s_w = min(W, s)                     (a map is never upsampled)
     logits = W_l (p - mu) / sigma + b_l                  (B, num_classes)
 The pooling is VISSL's choice (about `pool_target_dims` = 9000 dimensions a layer), not the
-official code's flatten-and-halve-while-over-200,000 rule. For 224 px inputs (imagenet stem):
-ResNet-18 conv1..conv5 -> 7744, 7744, 8192, 6400, 8192; ResNet-50 -> 7744, 6400, 8192, 4096, 8192.
+official code's flatten-and-halve-while-over-200,000 rule. D for conv1..conv5:
+    ResNet-18, 224 px, imagenet stem   7744, 7744, 8192, 6400, 8192
+    ResNet-50, 224 px, imagenet stem   7744, 6400, 8192, 4096, 8192
+    ResNet-18, 28 px, small stem       7744, 7744, 8192, 6400, 8192
+    ResNet-50, 28 px, small stem       7744, 6400, 8192, 4096, 8192
+    ResNet-18, 28 px, imagenet stem    7744, 3136, 2048, 1024, 512   (maps of 7, 4, 2, 1 px)
 
 Standardisation (`standardize`, on by default): mu and sigma = sqrt(var + 1e-5) are per-dimension
 statistics of the pooled training features, computed once before training from up to
@@ -57,7 +61,7 @@ from ..progress import track
 from ..training.distributed import pick_device
 from .crops import center_crop, random_crop, resize_shorter, ten_crop
 
-ReadoutLayer = Literal["conv1", "conv2", "conv3", "conv4", "conv5"]
+ReadoutLayer = Literal[READOUT_LAYERS]  # "conv1" .. "conv5"
 STD_EPS = 1e-5
 
 

@@ -73,3 +73,9 @@ class LAConfig(TrainingConfig):
     num_clusters: int = Field(30000, ge=2, description="m: clusters per k-means")
     kmeans_iterations: int = Field(20, ge=1)
     kmeans_seed: int = Field(1234, description="clustering h uses kmeans_seed + h")
+
+
+class SupervisedConfig(TrainingConfig):
+    """The supervised reference: the same backbone trained with the object set's labels
+    (cross-entropy of a linear classifier on pooled conv5); the upper bound the paper reports.
+    The bank, temperature and kNN fields of TrainingConfig are unused except for the kNN monitor."""

@@ -6,6 +6,7 @@ Per step (global batch B over W processes, b = B / W per process):
     v_i = normalize(head(trunk(x_i)))                (b, D)
     IR:  L = NCE(v, bank[i], noise)                  lemniscate, Z fixed after the first batch
     LA:  L = local_aggregation_loss(v, i, bank, cluster_labels, k, tau)
+    supervised (the reference): L = cross_entropy(W · avgpool(f(x)), y), no bank
     SGD step (DDP averages gradients)
     bank[i] <- normalize(m bank[i] + (1 - m) v_i)    for the all-gathered global batch
 
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -44,7 +46,7 @@ from ..models.backbone import EmbeddingNet, build_model, check_meta, set_bn_grou
 from ..objectives import InstanceRecognitionLoss, local_aggregation_loss
 from ..progress import track
 from . import checkpoint as ckpt
-from .config import IRConfig, LAConfig, ModelConfig, TrainingConfig
+from .config import IRConfig, LAConfig, ModelConfig, SupervisedConfig, TrainingConfig
 from .distributed import DistInfo, all_gather_cat, barrier, broadcast, init_distributed
 
 LAST = "last.pt"
@@ -75,7 +77,21 @@ class _State:
 
 
 def objective_name(cfg: TrainingConfig) -> str:
+    if isinstance(cfg, SupervisedConfig):
+        return "supervised"
     return "la" if isinstance(cfg, LAConfig) else "ir"
+
+
+class SupervisedNet(nn.Module):
+    """Backbone + linear classifier on pooled conv5: logits (B, C)."""
+
+    def __init__(self, model: EmbeddingNet, num_classes: int):
+        super().__init__()
+        self.model = model
+        self.classifier = nn.Linear(model.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.model.pooled(x))
 
 
 def _fingerprint(obj: Any) -> str:
@@ -193,9 +209,12 @@ class Pretrainer:
         if self.init_from is not None:
             self._warm_start(self.init_from)
 
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-        self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None)
-                    if self.dist.enabled else self.model)
+        self.trainable: nn.Module = self.model
+        if self.kind == "supervised":
+            self.trainable = SupervisedNet(self.model, self.num_classes).to(self.device)
+        self.optimizer = torch.optim.SGD(param_groups(self.trainable, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+        self.net = (DistributedDataParallel(self.trainable, device_ids=[self.device.index] if on_cuda else None)
+                    if self.dist.enabled else self.trainable)
         self.identity = self._identity()
         self.state = _State()
 
@@ -214,10 +233,9 @@ class Pretrainer:
 
     def _warm_start(self, path: Path) -> None:
         """LA starts from the IR run's model and memory bank (not its optimiser)."""
-        state = ckpt.load(path, "warm-start checkpoint")
-        for key in ("model", "model_meta", "bank", "dataset"):
-            if key not in state:
-                raise UserError(f"warm-start checkpoint {path} has no {key!r}: it is not a localagg pretraining output.")
+        state = ckpt.load_export(path, "warm-start checkpoint")
+        if state.get("bank") is None or state.get("dataset") is None:
+            raise UserError(f"warm-start checkpoint {path} ({state['objective']}) has no memory bank: LA starts from an IR model.")
         check_meta(state["model_meta"], self.model.meta(), f"warm-start checkpoint {path}")
         found = state["dataset"]
         if found.get("num_items") != self.num_items or found.get("name") != self.train_info.name:
@@ -236,7 +254,7 @@ class Pretrainer:
         s = self.state
         ckpt.save({
             "identity": self.identity,
-            "model": self.model.state_dict(),
+            "model": self.trainable.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "bank": self.bank.memory.cpu(),
             "ir_loss": self.ir_loss.state_dict() if self.ir_loss is not None else None,
@@ -253,7 +271,7 @@ class Pretrainer:
         state = ckpt.load(path)
         if state.get("identity") != self.identity:
             return False  # another configuration: start over (the stale file is overwritten)
-        self.model.load_state_dict(state["model"])
+        self.trainable.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.memory.copy_(state["bank"].to(self.device))
         if self.ir_loss is not None:
@@ -312,8 +330,9 @@ class Pretrainer:
         return stats
 
     @torch.no_grad()
-    def embed(self, ds, batch_size: int = 512) -> torch.Tensor:
-        """Eval-mode embeddings (N, D) of a dataset, in index order."""
+    def embed(self, ds, batch_size: int = 512, pooled: bool = False) -> torch.Tensor:
+        """Eval-mode embeddings (N, D) of a dataset, in index order (L2-normalised pooled
+        conv5 features (N, C) when `pooled`)."""
         self.model.eval()
         out = []
         if isinstance(ds, ArrayImages):
@@ -325,16 +344,19 @@ class Pretrainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                out.append(self.model(x).float())
+                out.append(F.normalize(self.model.pooled(x).float(), dim=1) if pooled else self.model(x).float())
         self.model.train()
         return torch.cat(out)
 
-    def knn_monitor(self, bank: torch.Tensor | None = None) -> float | None:
-        """kNN top-1 (%) of the held-out split against `bank` (default: the memory bank) with train labels."""
+    def knn_monitor(self) -> float | None:
+        """kNN top-1 (%) of the held-out split against the memory bank with the train labels
+        (supervised: pooled conv5 of the held-out split against that of the train split)."""
         if self.val is None:
             return None
-        queries = self.embed(self.val)
-        bank = self.bank.memory if bank is None else bank
+        if self.kind == "supervised":
+            queries, bank = self.embed(self.val, pooled=True), self.embed(self.train_eval, pooled=True)
+        else:
+            queries, bank = self.embed(self.val), self.bank.memory
         return knn_top1(queries, self.val.labels, bank, self.train.labels.to(bank.device), self.num_classes,
                         k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
 
@@ -372,7 +394,7 @@ class Pretrainer:
                 source = iter(DataLoader(self.train, batch_sampler=_BatchSampler(batches, s.step),
                                          num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
                                          worker_init_fn=functools.partial(_init_worker, cfg.seed, epoch, dist.rank, s.step)))
-            for images, _, idx in track(source, f"{self.kind} epoch {epoch + 1}/{cfg.epochs}", total=batches.steps - s.step):
+            for images, labels, idx in track(source, f"{self.kind} epoch {epoch + 1}/{cfg.epochs}", total=batches.steps - s.step):
                 g = augment.step_generator(cfg.seed, epoch, s.step, 1)
                 H, W = images.shape[-2:]
                 d = augment.draw(self.aug, cfg.batch_size, H, W, g, crop=arrays)
@@ -382,12 +404,16 @@ class Pretrainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 idx = idx.to(self.device)
                 with self._autocast():
-                    emb = self.net(x)
-                loss = self._loss(emb, idx, g)
+                    out = self.net(x)
+                if self.kind == "supervised":
+                    loss = F.cross_entropy(out.float(), labels.to(self.device))
+                else:
+                    loss = self._loss(out, idx, g)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                self.bank.update(all_gather_cat(idx), all_gather_cat(emb.detach().float()))
+                if self.kind != "supervised":
+                    self.bank.update(all_gather_cat(idx), all_gather_cat(out.detach().float()))
                 loss_sum += loss.detach()
                 seen += 1
                 s.step += 1
@@ -429,18 +455,15 @@ class Pretrainer:
         return out
 
     def export(self, path: str | Path) -> None:
-        """Final weights for later stages: model, its meta, the bank, the dataset it saw."""
+        """Final weights for later stages (checkpoint.save_export): model, bank, dataset seen."""
         if not self.dist.is_main:
             return
-        ckpt.save({
-            "model": self.model.state_dict(),
-            "model_meta": self.model.meta(),
-            "bank": self.bank.memory.cpu(),
-            "dataset": {"name": self.train_info.name, "num_items": self.num_items},
-            "objective": self.kind,
-            "epochs": self.state.epoch,
-            "history": self.state.history,
-        }, path)
+        ckpt.save_export(
+            path, self.model, self.kind, bank=self.bank.memory.cpu() if self.kind != "supervised" else None,
+            dataset={"name": self.train_info.name, "num_items": self.num_items}, epochs=self.state.epoch,
+            history=self.state.history,
+            classifier=self.trainable.classifier.state_dict() if self.kind == "supervised" else None,
+        )
 
 
 def _init_worker(seed: int, epoch: int, rank: int, start_step: int, worker_id: int) -> None:

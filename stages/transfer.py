@@ -1,0 +1,67 @@
+"""Stage `transfer` (a DVC matrix over model x dataset): per-layer linear readout and kNN.
+
+For model in {la, ir, random, supervised} (models/<model>.pt) and dataset in {object,
+transfer} (data/prepared/<dataset>), with the `model`, `augment` and `transfer` sections:
+
+    metrics/transfer/<model>-<dataset>.json   per-layer top-1/top-5 (centre and 10-crop), kNN top-1
+    dvclive/transfer/<model>-<dataset>/       readout training curves (loss per layer, lr)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from localagg.errors import UserError
+from localagg.io import read_json, write_json
+
+from .params import load_section
+from .pretrain import DvcLiveLogger, model_path
+
+MODELS = ("la", "ir", "random", "supervised")
+DATASETS = {"object": Path("data/prepared/object"), "transfer": Path("data/prepared/transfer")}
+STAGE_OF_MODEL = {"la": "pretrain_la", "ir": "pretrain_ia", "random": "random_init", "supervised": "supervised"}
+
+
+def metrics_path(model: str, dataset: str) -> Path:
+    return Path("metrics") / "transfer" / f"{model}-{dataset}.json"
+
+
+def run(model: str, dataset: str, params: Path) -> dict:
+    from localagg.evaluation.linear import train_linear_readout
+    from localagg.evaluation.transfer import knn_eval, load_backbone, open_readout_split
+
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}; expected one of: {', '.join(MODELS)}.")
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}.")
+    model_cfg = load_section(params, "model")
+    aug = load_section(params, "augment")
+    p = load_section(params, "transfer")
+    readout = getattr(p, dataset)
+    ckpt = model_path(model)
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
+    data_dir = DATASETS[dataset]
+    classes = read_json(data_dir / "dataset.json")["classes"] if (data_dir / "dataset.json").is_file() else None
+    if classes is None:
+        raise UserError(f"{data_dir}/dataset.json does not exist: run `dvc repro prepare` first.")
+    backbone = load_backbone(ckpt, model_cfg)
+
+    from localagg.data.datasets import open_split
+
+    train = open_readout_split(data_dir, "train", readout)
+    val = open_readout_split(data_dir, "val", readout)
+    name = f"{model}-{dataset}"
+    logger = DvcLiveLogger(Path("dvclive") / "transfer" / name)
+    result = train_linear_readout(backbone, train, val, len(classes), readout, aug, logger=logger)
+    logger.close()
+    knn = knn_eval(backbone, open_split(data_dir, "train", crop_size=aug.crop_size),
+                   open_split(data_dir, "val", crop_size=aug.crop_size), len(classes), k=p.knn.k,
+                   temperature=p.knn.temperature, augment_spec=aug, device=readout.device,
+                   num_workers=readout.num_workers)
+    metrics = {"model": model, "dataset": dataset, "dataset_name": read_json(data_dir / "dataset.json")["name"],
+               "arch": model_cfg.arch, "linear": result["layers"], "feature_dims": result["feature_dims"],
+               "knn": {"embedding": knn["embedding"], "conv5": knn["conv5"]},
+               "knn_k": p.knn.k, "epochs": readout.epochs}
+    write_json(metrics_path(model, dataset), metrics)
+    return metrics

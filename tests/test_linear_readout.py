@@ -1,0 +1,173 @@
+"""Linear readout of a frozen backbone (evaluation/linear.py) and loading backbones (transfer.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from localagg.data.augment import AugmentSpec
+from localagg.data.datasets import ArrayImages, FileImages, file_transform
+from localagg.errors import UserError
+from localagg.evaluation.linear import LayerReadout, LinearReadoutConfig, pooled_dim, train_linear_readout
+from localagg.evaluation.transfer import load_backbone
+from localagg.models.backbone import READOUT_LAYERS, EmbeddingNet
+from localagg.training import checkpoint as ckpt
+from localagg.training.config import ModelConfig
+
+SIZE = 32
+SPEC = AugmentSpec(crop_size=28)
+
+
+def intensity_classes(n, noise=4.0, seed=0, num_classes=4):
+    """Grey SIZE x SIZE images whose class sets their mean intensity: linearly separable at every layer."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    images = 40 + 50 * labels[:, None, None] + rng.normal(0, noise, (n, SIZE, SIZE))
+    return ArrayImages(np.clip(images, 0, 255).astype(np.uint8), labels)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return EmbeddingNet("resnet18", "imagenet", 8)
+
+
+def config(**kw):
+    base = dict(epochs=1, batch_size=16, crop_size=28, device="cpu")  # eval_resize: round(28 * 256 / 224) = 32
+    return LinearReadoutConfig(**(base | kw))
+
+
+class Recorder:
+    def __init__(self):
+        self.rows = []
+
+    def log_epoch(self, epoch, metrics):
+        self.rows.append((epoch, dict(metrics)))
+
+
+def test_readout_reaches_full_accuracy_on_linearly_separable_classes():
+    logger = Recorder()
+    cfg = config(epochs=4, train_augment="resize_random_crop_flip", ten_crop=True)
+    result = train_linear_readout(tiny_model(), intensity_classes(48), intensity_classes(16, seed=1), 4, cfg, SPEC,
+                                  logger=logger)
+    for layer in READOUT_LAYERS:
+        scores = result["layers"][layer]
+        assert scores["top1"] == 100.0 and scores["top1_10crop"] == 100.0, (layer, scores)
+        assert scores["top5"] == scores["top5_10crop"] == 100.0
+    assert [epoch for epoch, _ in logger.rows] == [1, 2, 3, 4]
+    assert set(logger.rows[0][1]) == {f"loss_{layer}" for layer in READOUT_LAYERS} | {"lr"}
+    assert logger.rows[-1][1]["loss_conv1"] < logger.rows[0][1]["loss_conv1"]
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3, 4]
+
+
+# imagenet stem: conv1 at 1/2, conv2 at 1/4 (after the max-pool) ... conv5 at 1/32; small stem: 1, 1, 1/2, 1/4, 1/8
+EXPECTED_DIMS = {
+    ("resnet18", "imagenet", 224): [7744, 7744, 8192, 6400, 8192],
+    ("resnet50", "imagenet", 224): [7744, 6400, 8192, 4096, 8192],
+    ("resnet18", "imagenet", 28): [7744, 3136, 2048, 1024, 512],
+    ("resnet50", "imagenet", 28): [7744, 6400, 8192, 4096, 2048],
+    ("resnet18", "small", 28): [7744, 7744, 8192, 6400, 8192],
+    ("resnet50", "small", 28): [7744, 6400, 8192, 4096, 8192],
+}
+
+
+@pytest.mark.parametrize("arch,stem,size", list(EXPECTED_DIMS))
+def test_pooled_feature_sizes_follow_the_documented_rule(arch, stem, size):
+    with torch.device("meta"):  # shapes only: no memory, no compute
+        model = EmbeddingNet(arch, stem, 8)
+        maps = model.features(torch.empty(2, 3, size, size))
+        dims = []
+        for layer in READOUT_LAYERS:
+            c, h, w = maps[layer].shape[1:]
+            head = LayerReadout(c, h, w, 10, 9000)
+            pooled = head.pool(maps[layer])
+            s = min(h, max(s for s in range(1, 200) if c * s * s <= 9000 or s == 1))
+            assert pooled.shape == (2, c * s * s) and head.dim == c * s * s == pooled_dim(c, h, 9000)
+            dims.append(head.dim)
+    assert dims == EXPECTED_DIMS[(arch, stem, size)]
+
+
+def test_readout_leaves_backbone_weights_and_batch_norm_statistics_unchanged():
+    model = tiny_model()
+    model.train()  # the readout must switch batch norm to eval itself
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_linear_readout(model, intensity_classes(32), intensity_classes(8, seed=1), 4,
+                         config(train_augment="random_resized_crop_flip", ten_crop=False), SPEC)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_cached_and_uncached_features_give_the_same_readout():
+    train, val = intensity_classes(40, noise=60.0), intensity_classes(16, noise=60.0, seed=1)
+    runs = [train_linear_readout(tiny_model(), train, val, 4,
+                                 config(epochs=2, lr_drops=[1], train_augment="none", cache_features=cached, ten_crop=False),
+                                 SPEC)
+            for cached in (False, True)]
+    uncached, cached = runs
+    assert 0 < uncached["history"][0]["loss_conv5"]
+    assert [r["lr"] for r in cached["history"]] == pytest.approx([0.01, 0.001])
+    for a, b in zip(uncached["history"], cached["history"]):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert uncached["layers"] == cached["layers"]
+    assert uncached["feature_dims"] == cached["feature_dims"]
+
+
+def test_readout_is_deterministic_for_a_seed_and_changes_with_it():
+    train, val = intensity_classes(32, noise=60.0), intensity_classes(8, noise=60.0, seed=1)
+    cfg = config(train_augment="random_resized_crop_flip", ten_crop=False, layers=["conv1", "conv3"])
+    first, again = (train_linear_readout(tiny_model(), train, val, 4, cfg, SPEC) for _ in range(2))
+    other = train_linear_readout(tiny_model(), train, val, 4, cfg.model_copy(update={"seed": 1}), SPEC)
+    assert first == again
+    assert first["history"] != other["history"]
+    assert set(first["layers"]) == {"conv1", "conv3"}
+
+
+def test_file_datasets_read_through_a_loader_give_the_arrays_result(tmp_path):
+    arrays = intensity_classes(16, noise=60.0)
+    paths = []
+    for i, img in enumerate(arrays.images):
+        paths.append(f"{i}.png")
+        Image.fromarray(img).save(tmp_path / paths[-1])
+    cfg = config(train_augment="resize_random_crop_flip", layers=["conv1"])
+    files = FileImages(tmp_path, paths, arrays.labels.numpy(), file_transform(cfg.resize, train=False, resize=cfg.resize))
+    from_arrays = train_linear_readout(tiny_model(), arrays, arrays, 4, cfg, SPEC)
+    from_files = train_linear_readout(tiny_model(), files, files, 4, cfg, SPEC)
+    assert from_files == from_arrays
+
+
+def test_config_rejects_caching_augmented_features_and_bad_drops():
+    with pytest.raises(ValueError, match="cache_features"):
+        config(train_augment="resize_random_crop_flip", cache_features=True)
+    with pytest.raises(ValueError, match="lr_drops"):
+        config(epochs=3, lr_drops=[3])
+    with pytest.raises(ValueError, match="eval_resize"):
+        config(eval_resize=20)
+    with pytest.raises(ValueError, match="conv6"):
+        config(layers=["conv1", "conv6"])
+    with pytest.raises(ValueError, match="repeats"):
+        config(layers=["conv1", "conv1"])
+
+
+def test_load_backbone_restores_weights_and_names_a_mismatch(tmp_path):
+    cfg = ModelConfig(arch="resnet18", stem="small", embedding_dim=8)
+    model = load_backbone(None, cfg, seed=3)
+    path = tmp_path / "pretrain_la.pt"
+    ckpt.save_export(path, model, "la")
+    loaded = load_backbone(path, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+    random_again, other_seed = load_backbone(None, cfg, seed=3), load_backbone(None, cfg, seed=4)
+    assert torch.equal(random_again.head.weight, model.head.weight)
+    assert not torch.equal(other_seed.head.weight, model.head.weight)
+
+    with pytest.raises(UserError, match=r"pretrain_la\.pt.*arch: checkpoint has 'resnet18', config asks for 'resnet50'"):
+        load_backbone(path, cfg.model_copy(update={"arch": "resnet50"}))
+    with pytest.raises(UserError, match=r"missing\.pt does not exist"):
+        load_backbone(tmp_path / "missing.pt", cfg)
+    ckpt.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=r"other\.pt has no model, model_meta, objective: it is not a localagg model export"):
+        load_backbone(tmp_path / "other.pt", cfg)
