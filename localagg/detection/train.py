@@ -3,7 +3,8 @@
 One plain loop built from Detectron2's pieces (as its `tools/plain_train_net.py`): model,
 optimizer and warm-up + multi-step schedule from the config, its train/test loaders, its
 checkpointer for resuming, and `PascalVOCDetectionEvaluator` on the test set at the end
-(and every TEST.EVAL_PERIOD iterations if set). The evaluator uses the VOC07 11-point AP
+(and every TEST.EVAL_PERIOD iterations if set), after precise BN if TEST.PRECISE_BN is on
+(re-estimated batch-norm statistics on training batches, saved in the checkpoint). The evaluator uses the VOC07 11-point AP
 when the test set's year is 2007 (`meta.year == 2007`) and the area under the curve for
 2012; it reports AP50, AP75 and AP (mean over IoU 0.50:0.05:0.95), in percent.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.data.datasets import register_pascal_voc
@@ -171,8 +172,9 @@ def train_detector(
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=scheduler)
-    start_iter = 0
+    start_iter, saved = 0, None
     if resume and checkpointer.has_checkpoint():
+        saved = Path(checkpointer.get_checkpoint_file()).stem
         start_iter = checkpointer.resume_or_load("", resume=True).get("iteration", -1) + 1
     elif weights_pkl:
         load_strict(model, load_detectron2_pkl(weights_pkl))
@@ -181,7 +183,6 @@ def train_detector(
         model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
     max_iter = cfg.SOLVER.MAX_ITER
-    periodic = PeriodicCheckpointer(checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter=max_iter, max_to_keep=1)
     data = iter(build_detection_train_loader(cfg))
     window: dict[str, torch.Tensor] = {}
     steps_in_window = 0
@@ -213,12 +214,16 @@ def train_detector(
                     record = {k: float(v) for k, v in means.items()}
                     logger.log_step(iteration + 1, {"total_loss": sum(record.values()), **record, "lr": lr})
                 window, steps_in_window = {}, 0
-            periodic.step(iteration)
-            if cfg.TEST.EVAL_PERIOD and (iteration + 1) % cfg.TEST.EVAL_PERIOD == 0 and not last:
-                aps = _test(cfg, model, data)
+            test_now = last or (cfg.TEST.EVAL_PERIOD and (iteration + 1) % cfg.TEST.EVAL_PERIOD == 0)
+            if test_now and cfg.TEST.PRECISE_BN.ENABLED:  # before saving, so the checkpoint is what is tested
+                update_bn_stats(model, data, cfg.TEST.PRECISE_BN.NUM_ITER)
+            if last or (iteration + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0:
+                saved = _save(checkpointer, "model_final" if last else f"model_{iteration + 1:07d}", iteration, saved)
+            if test_now and not last:
+                aps = _test(cfg, model)
                 if logger is not None and aps:
                     logger.log_step(iteration + 1, aps)
-        aps = _test(cfg, model, data)
+        aps = _test(cfg, model)
     if comm.is_main_process():
         if logger is not None:
             logger.log_step(max_iter, aps)
@@ -226,12 +231,17 @@ def train_detector(
     return aps
 
 
-def _test(cfg: CfgNode, model: torch.nn.Module, train_data) -> dict[str, float]:
-    """Precise BN (if enabled) on training batches, then the VOC evaluator on the test set.
+def _save(checkpointer: DetectionCheckpointer, name: str, iteration: int, previous: str | None) -> str:
+    """Save checkpoint `name` (model, optimizer, scheduler, iteration), then delete the
+    previous one: one checkpoint on disk, never none."""
+    checkpointer.save(name, iteration=iteration)
+    if previous and previous != name and comm.is_main_process():
+        (Path(checkpointer.save_dir) / f"{previous}.pth").unlink(missing_ok=True)
+    return name
 
-    Returns {"AP50", "AP", "AP75"} on rank 0, {} elsewhere."""
-    if cfg.TEST.PRECISE_BN.ENABLED:
-        update_bn_stats(model, train_data, cfg.TEST.PRECISE_BN.NUM_ITER)
+
+def _test(cfg: CfgNode, model: torch.nn.Module) -> dict[str, float]:
+    """The VOC evaluator on the test set: {"AP50", "AP", "AP75"} on rank 0, {} elsewhere."""
     name = cfg.DATASETS.TEST[0]
     results = inference_on_dataset(model, build_detection_test_loader(cfg, name), PascalVOCDetectionEvaluator(name))
     comm.synchronize()
