@@ -6,6 +6,7 @@ Every stage command takes --params (default params.yaml) and reads only its own 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -99,18 +100,62 @@ def random_init(params: Path = ParamsOption) -> None:
 def transfer(
     model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="object (ImageNet's role) | transfer (Places205's role)"),
+    seed: int = typer.Option(0, "--seed", "-s", help="readout seed (one of transfer.seeds in the DVC matrix)"),
     params: Path = ParamsOption,
 ) -> None:
     """Per-layer linear readout (conv1..conv5) and kNN of one model on one dataset (stage
-    `transfer@<model>-<dataset>`). Reads `model`, `augment` and `transfer`; writes
-    metrics/transfer/<model>-<dataset>.json.
+    `transfer@<model>-<dataset>-<seed>`). Reads `model`, `augment` and `transfer`; writes
+    metrics/transfer/<model>-<dataset>-seed<s>.json.
     """
     from . import transfer as stage
 
-    m = stage.run(model, dataset, params)
+    m = stage.run(model, dataset, params, seed=seed)
     conv5 = m["linear"].get("conv5", {})
-    err_console.print(f"transfer {model} on {dataset}: conv5 top-1 {conv5.get('top1', float('nan')):.2f}, "
+    err_console.print(f"transfer {model} on {dataset} (seed {seed}): conv5 top-1 {conv5.get('top1', float('nan')):.2f}, "
                       f"kNN embedding {m['knn']['embedding']:.2f}, conv5 {m['knn']['conv5']:.2f}")
+
+
+@app.command()
+@user_errors
+def detection(
+    model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
+    seed: int = typer.Option(0, "--seed", "-s", help="fine-tuning seed (one of detection.seeds in the DVC matrix)"),
+    resume: bool = typer.Option(True, help="continue from checkpoints/detection/<model>-seed<s> when it exists"),
+    params: Path = ParamsOption,
+) -> None:
+    """Faster R-CNN C4 fine-tuned on the detection set from one model's backbone, tested with
+    the VOC07 metric (stage `detection@<model>-<seed>`). Reads `model` and `detection`; writes
+    metrics/detection/<model>-seed<s>.json.
+    """
+    from . import detection as stage
+
+    m = stage.run(model, seed, params, resume=resume)
+    err_console.print(f"detection {model} (seed {seed}): AP50 {m['AP50']:.2f}, AP {m['AP']:.2f}, AP75 {m['AP75']:.2f}")
+
+
+@app.command()
+@user_errors
+def report(
+    params: Path = ParamsOption,
+    compare: bool = typer.Option(
+        False, "--compare", help="one table across DVC experiments/commits (`dvc exp show`) instead of the report"),
+    exp_json: Optional[Path] = typer.Option(
+        None, "--exp-json", help="with --compare: read this saved `dvc exp show --json` output instead of running dvc"),
+    all_commits: bool = typer.Option(
+        False, "--all-commits", "-A", help="with --compare: every commit and its experiments, not only HEAD's"),
+    out: Path = typer.Option(Path("reports"), "--out", help="folder for results.md, results.csv and figures"),
+) -> None:
+    """Gather every stage's metrics into reports/results.{md,csv} and figures, next to the
+    paper's numbers (stage `report`); with --compare, a table of one row per experiment.
+    """
+    from . import report as stage
+
+    if compare:
+        written = stage.compare(params, exp_json=exp_json, out=out, all_commits=all_commits)
+    else:
+        written = stage.run(params, out=out)
+    for path in written:
+        typer.echo(str(path))
 
 
 @app.command()

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Type, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from localagg.data.augment import AugmentSpec
+from localagg.detection.protocol import DetectionConfig
 from localagg.evaluation.linear import LinearReadoutConfig
 from localagg.errors import UserError
 from localagg.training.config import IRConfig, LAConfig, ModelConfig, SupervisedConfig
@@ -113,12 +114,53 @@ class KnnParams(Section):
     temperature: float = Field(0.07, gt=0)
 
 
-class TransferParams(Section):
-    """Linear readout protocol per dataset (object: ImageNet's, transfer: Places205's) and kNN."""
+def _seeds_field(stage: str):
+    return Field([0], min_length=1, description=f"seeds of the {stage} cells (the DVC matrix runs one cell per seed)")
 
+
+def _unique_seeds(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+    return seeds
+
+
+class TransferParams(Section):
+    """Linear readout protocol per dataset (object: ImageNet's, transfer: Places205's) and kNN.
+
+    Each (model, dataset, seed) cell trains its readout with `seed` (the readout's own
+    `seed` key is replaced by it); kNN is deterministic, so seeds vary the readout only.
+    """
+
+    seeds: list[int] = _seeds_field("transfer")
     object: LinearReadoutConfig
     transfer: LinearReadoutConfig
     knn: KnnParams = KnnParams()
+
+    _check_seeds = field_validator("seeds")(_unique_seeds)
+
+    @model_validator(mode="after")
+    def _no_readout_seed(self):
+        for name in ("object", "transfer"):
+            if "seed" in getattr(self, name).model_fields_set:
+                raise ValueError(f"{name}.seed: the readout seed comes from transfer.seeds (one DVC cell per seed); remove it")
+        return self
+
+
+class DetectionParams(DetectionConfig):
+    """The detection fine-tuning protocol (`DetectionConfig`) and the seeds to run it with."""
+
+    seeds: list[int] = _seeds_field("detection")
+
+    _check_seeds = field_validator("seeds")(_unique_seeds)
+
+    @model_validator(mode="after")
+    def _no_single_seed(self):
+        if "seed" in self.model_fields_set:
+            raise ValueError("seed: detection runs once per entry of detection.seeds (the DVC matrix); remove seed")
+        return self
+
+    def for_seed(self, seed: int) -> DetectionConfig:
+        return DetectionConfig(**self.model_dump(exclude={"seeds", "seed"}), seed=seed)
 
 
 # --------------------------------------------------------------------------- loading
@@ -132,6 +174,7 @@ SECTIONS: dict[str, Type[BaseModel]] = {
     "supervised": SupervisedConfig,
     "random_init": RandomInitParams,
     "transfer": TransferParams,
+    "detection": DetectionParams,
 }
 
 

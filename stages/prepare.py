@@ -22,6 +22,7 @@ from localagg.data.manifest import DatasetInfo, read_arrays_split, read_files_sp
 from localagg.errors import UserError
 from localagg.io import atomic_path, read_json, write_json
 
+from .common import measure_cost
 from .params import DetectionSet, ObjectSet, PrepareParams, TransferSet
 
 OUT = Path("data/prepared")
@@ -136,14 +137,16 @@ def _class_counts(info: DatasetInfo, data_dir: Path) -> dict:
 
 
 def run(p: PrepareParams) -> dict:
-    check_inputs(p)
-    obj = prepare_object(p.object, p.seed, p.check_images, p.workers)
-    tra = prepare_transfer(p.transfer, p.seed, p.check_images, p.workers)
-    det = prepare_detection(p.detection, p.object.root, p.seed, p.check_images, p.workers)
+    with measure_cost() as cost:
+        check_inputs(p)
+        obj = prepare_object(p.object, p.seed, p.check_images, p.workers)
+        tra = prepare_transfer(p.transfer, p.seed, p.check_images, p.workers)
+        det = prepare_detection(p.detection, p.object.root, p.seed, p.check_images, p.workers)
     metrics = {
         "object": {"name": obj.name, "classes": len(obj.classes), **_class_counts(obj, OBJECT_DIR)},
         "transfer": {"name": tra.name, "classes": len(tra.classes), **_class_counts(tra, TRANSFER_DIR)},
         "detection": {"name": det["name"], "classes": len(det["classes"]), **det["counts"]},
+        "cost": cost,
     }
     write_json(METRICS, metrics)
     return metrics

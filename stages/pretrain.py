@@ -23,17 +23,14 @@ from pathlib import Path
 from localagg.errors import UserError
 from localagg.io import write_json
 
+from .common import measure_cost
+from .paths import model_path
 from .params import load_section
 
 OBJECT_DIR = Path("data/prepared/object")
 
 
 MODEL_NAMES = {"pretrain_ia": "ir", "pretrain_la": "la", "supervised": "supervised"}
-
-
-def model_path(name: str) -> Path:
-    """The exported weights of model `name` (la, ir, random, supervised)."""
-    return Path("models") / f"{name}.pt"
 
 
 def paths(stage: str) -> dict[str, Path]:
@@ -46,21 +43,32 @@ def paths(stage: str) -> dict[str, Path]:
 
 
 class DvcLiveLogger:
-    """Per-epoch metrics to dvclive (rank 0 only): plots under dvclive/<stage>/plots/metrics."""
+    """Curves to dvclive (rank 0 only): plots under <live_dir>/plots/metrics, one TSV per key.
+
+    `log_epoch(step, metrics)` (pretraining, readout: per epoch) and `log_step` (detection:
+    per logging period) record `metrics` at x = step. The dvclive run opens at the first
+    record, so a logger can be pickled into worker processes before it is used.
+    """
 
     def __init__(self, live_dir: Path):
-        from dvclive import Live
-
-        self.live = Live(dir=str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live_dir = Path(live_dir)
+        self.live = None
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.live is None:
+            from dvclive import Live
+
+            self.live = Live(dir=str(self.live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
         self.live.step = epoch
         for key, value in metrics.items():
             self.live.log_metric(key, float(value), plot=True)
         self.live.next_step()
 
+    log_step = log_epoch
+
     def close(self) -> None:
-        self.live.end()
+        if self.live is not None:
+            self.live.end()
 
 
 def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
@@ -90,10 +98,13 @@ def run(stage: str, params: Path) -> dict:
                          init_from=init_from)
     logger = DvcLiveLogger(p["live"]) if trainer.dist.is_main else None
     trainer.logger = logger
-    result = trainer.run()
-    trainer.export(p["model"])
+    with measure_cost() as cost:
+        result = trainer.run()
+        trainer.export(p["model"])
     if trainer.dist.is_main:
-        write_json(p["metrics"], result.summary)
+        # train_seconds: the epochs' time summed over every run that built this model (resumes included)
+        cost["train_seconds"] = round(sum(row.get("epoch_seconds", 0.0) for row in result.history), 2)
+        write_json(p["metrics"], {**result.summary, "cost": cost})
         logger.close()
     return result.summary
 

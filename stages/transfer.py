@@ -1,10 +1,12 @@
 """Stage `transfer` (a DVC matrix over model x dataset): per-layer linear readout and kNN.
 
-For model in {la, ir, random, supervised} (models/<model>.pt) and dataset in {object,
-transfer} (data/prepared/<dataset>), with the `model`, `augment` and `transfer` sections:
+For model in {la, ir, random, supervised} (models/<model>.pt), dataset in {object,
+transfer} (data/prepared/<dataset>) and seed in transfer.seeds, with the `model`, `augment`
+and `transfer` sections:
 
-    metrics/transfer/<model>-<dataset>.json   per-layer top-1/top-5 (centre and 10-crop), kNN top-1
-    dvclive/transfer/<model>-<dataset>/       readout training curves (loss per layer, lr)
+    metrics/transfer/<model>-<dataset>-seed<s>.json   per-layer top-1/top-5 (centre and 10-crop),
+                                                      kNN top-1, cost
+    dvclive/transfer/<model>-<dataset>-seed<s>/       readout training curves (loss per layer, lr)
 """
 
 from __future__ import annotations
@@ -14,19 +16,16 @@ from pathlib import Path
 from localagg.errors import UserError
 from localagg.io import read_json, write_json
 
+from .common import measure_cost
 from .params import load_section
-from .pretrain import DvcLiveLogger, model_path
+from .paths import DATASETS as DATASET_NAMES
+from .paths import MODELS, STAGE_OF_MODEL, model_path, transfer_cell, transfer_metrics_path
+from .pretrain import DvcLiveLogger
 
-MODELS = ("la", "ir", "random", "supervised")
-DATASETS = {"object": Path("data/prepared/object"), "transfer": Path("data/prepared/transfer")}
-STAGE_OF_MODEL = {"la": "pretrain_la", "ir": "pretrain_ia", "random": "random_init", "supervised": "supervised"}
-
-
-def metrics_path(model: str, dataset: str) -> Path:
-    return Path("metrics") / "transfer" / f"{model}-{dataset}.json"
+DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
 
 
-def run(model: str, dataset: str, params: Path) -> dict:
+def run(model: str, dataset: str, params: Path, seed: int = 0) -> dict:
     from localagg.evaluation.linear import train_linear_readout
     from localagg.evaluation.transfer import knn_eval, load_backbone, open_readout_split
 
@@ -37,7 +36,7 @@ def run(model: str, dataset: str, params: Path) -> dict:
     model_cfg = load_section(params, "model")
     aug = load_section(params, "augment")
     p = load_section(params, "transfer")
-    readout = getattr(p, dataset)
+    readout = getattr(p, dataset).model_copy(update={"seed": seed})
     ckpt = model_path(model)
     if not ckpt.is_file():
         raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
@@ -45,23 +44,23 @@ def run(model: str, dataset: str, params: Path) -> dict:
     classes = read_json(data_dir / "dataset.json")["classes"] if (data_dir / "dataset.json").is_file() else None
     if classes is None:
         raise UserError(f"{data_dir}/dataset.json does not exist: run `dvc repro prepare` first.")
-    backbone = load_backbone(ckpt, model_cfg)
-
     from localagg.data.datasets import open_split
 
-    train = open_readout_split(data_dir, "train", readout)
-    val = open_readout_split(data_dir, "val", readout)
-    name = f"{model}-{dataset}"
+    name = transfer_cell(model, dataset, seed)
     logger = DvcLiveLogger(Path("dvclive") / "transfer" / name)
-    result = train_linear_readout(backbone, train, val, len(classes), readout, aug, logger=logger)
-    logger.close()
-    knn = knn_eval(backbone, open_split(data_dir, "train", crop_size=aug.crop_size),
-                   open_split(data_dir, "val", crop_size=aug.crop_size), len(classes), k=p.knn.k,
-                   temperature=p.knn.temperature, augment_spec=aug, device=readout.device,
-                   num_workers=readout.num_workers)
+    with measure_cost() as cost:
+        backbone = load_backbone(ckpt, model_cfg)
+        train = open_readout_split(data_dir, "train", readout)
+        val = open_readout_split(data_dir, "val", readout)
+        result = train_linear_readout(backbone, train, val, len(classes), readout, aug, logger=logger)
+        logger.close()
+        knn = knn_eval(backbone, open_split(data_dir, "train", crop_size=aug.crop_size),
+                       open_split(data_dir, "val", crop_size=aug.crop_size), len(classes), k=p.knn.k,
+                       temperature=p.knn.temperature, augment_spec=aug, device=readout.device,
+                       num_workers=readout.num_workers)
     metrics = {"model": model, "dataset": dataset, "dataset_name": read_json(data_dir / "dataset.json")["name"],
-               "arch": model_cfg.arch, "linear": result["layers"], "feature_dims": result["feature_dims"],
+               "arch": model_cfg.arch, "seed": seed, "linear": result["layers"], "feature_dims": result["feature_dims"],
                "knn": {"embedding": knn["embedding"], "conv5": knn["conv5"]},
-               "knn_k": p.knn.k, "epochs": readout.epochs}
-    write_json(metrics_path(model, dataset), metrics)
+               "knn_k": p.knn.k, "epochs": readout.epochs, "cost": cost}
+    write_json(transfer_metrics_path(model, dataset, seed), metrics)
     return metrics

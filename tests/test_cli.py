@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,8 @@ def test_preset_apply_merges_keeps_comments_and_validates(tmp_path):
 
 def test_help_lists_every_stage():
     out = localagg("--help").stdout
-    for cmd in ("prepare", "pretrain-ia", "pretrain-la", "supervised", "random-init", "transfer", "preset", "check"):
+    for cmd in ("prepare", "pretrain-ia", "pretrain-la", "supervised", "random-init", "transfer", "detection", "report",
+                "preset", "check"):
         assert cmd in out
 
 
@@ -88,3 +90,39 @@ def test_transfer_without_its_model_names_the_stage_to_run(tmp_path):
     _assert_user_error(proc, "models/la.pt does not exist", "dvc repro pretrain_la")
     proc = localagg("transfer", "--model", "byol", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     _assert_user_error(proc, "unknown model 'byol'", "la, ir, random, supervised")
+
+
+def test_detection_without_its_model_names_the_stage_to_run(tmp_path):
+    proc = localagg("detection", "--model", "ir", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    _assert_user_error(proc, "models/ir.pt does not exist", "dvc repro pretrain_ia")
+    proc = localagg("detection", "--model", "moco", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    _assert_user_error(proc, "unknown model 'moco'")
+
+
+@pytest.mark.parametrize("mutate, fragments", [
+    (lambda p: p["detection"].update(seed=3), ["detection.seed", "detection.seeds"]),
+    (lambda p: p["detection"].update(seeds=[1, 1]), ["detection.seeds", "distinct"]),
+    (lambda p: p["detection"].update(seeds=[]), ["detection.seeds"]),
+    (lambda p: p["detection"].update(norm="SyncBN"), ["SyncBN", "needs CUDA"]),
+    (lambda p: p["detection"].update(steps=[400]), ["detection", "steps"]),
+    (lambda p: p["transfer"]["object"].update(seed=2), ["transfer.seeds"]),
+])
+def test_bad_evaluation_params(tmp_path, mutate, fragments):
+    _assert_user_error(localagg("check", "--params", str(write_params(tmp_path, mutate))), *fragments)
+
+
+def test_detection_on_cuda_without_enough_gpus_stops_before_training(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has 8 GPUs")
+    path = write_params(tmp_path, lambda p: p["detection"].update(device="cuda", norm="SyncBN", num_gpus=8, ims_per_batch=16))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "la.pt").write_bytes(b"")  # never read: the GPU check comes first
+    manifest = tmp_path / "data" / "prepared" / "detection" / "detection.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"name": "voc", "root": "VOCdevkit", "classes": ["cat"],
+                                    "splits": {"trainval": [["VOC2007", "trainval"]], "test": [["VOC2007", "test"]]}}))
+    proc = localagg("detection", "--model", "la", "--params", str(path), cwd=tmp_path)
+    _assert_user_error(proc, "detection.num_gpus is 8", "GPU(s)")
+    assert not (tmp_path / "checkpoints").exists()

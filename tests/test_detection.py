@@ -181,8 +181,10 @@ def test_build_cfg_sets_the_protocol():
     assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False and cfg.INPUT.FORMAT == "RGB"
     assert cfg.MODEL.PIXEL_MEAN == [123.675, 116.28, 103.53] and cfg.MODEL.PIXEL_STD == [58.395, 57.12, 57.375]
     assert cfg.TEST.PRECISE_BN.ENABLED and cfg.MODEL.ROI_HEADS.EXTRA_NORM_AFTER_RES5
-    r18 = build_cfg(DetectionConfig.cpu_default(), "resnet18", 10, ["t"], ["v"], "/out")
+    r18 = build_cfg(DetectionConfig.cpu_default(), "resnet18", 10, ["t"], ["v"], "/out",
+                    pixel_mean=[72.93] * 3, pixel_std=[90.0] * 3)
     assert (r18.MODEL.RESNETS.DEPTH, r18.MODEL.RESNETS.RES2_OUT_CHANNELS, r18.MODEL.DEVICE) == (18, 64, "cpu")
+    assert r18.MODEL.PIXEL_MEAN == [72.93] * 3 and r18.MODEL.PIXEL_STD == [90.0] * 3
     with pytest.raises(UserError, match="resnet18, resnet50"):
         build_cfg(paper, "resnet34", 20, ["t"], ["v"], "/out")
 

@@ -1,5 +1,5 @@
-"""DVC integration: the pipeline runs in a copy of the repository, a second run does nothing,
-and a param change reruns exactly the stages that read it."""
+"""DVC integration: the whole pipeline runs in a copy of the repository at tiny sizes, a
+second run does nothing, and a param change reruns exactly the stages that read it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,14 @@ TINY = {
     "supervised": {"epochs": 1, "batch_size": 64, "lr_drops": []},
     "transfer": {"object": {"epochs": 1, "lr_drops": [], "pool_target_dims": 512},
                  "transfer": {"epochs": 1, "lr_drops": [], "pool_target_dims": 512}, "knn": {"k": 20}},
+    "detection": {"max_iter": 4, "steps": [], "warmup_iters": 2, "ims_per_batch": 2, "checkpoint_period": 2,
+                  "log_period": 2, "min_size_train": [64], "max_size_train": 64, "min_size_test": 64,
+                  "max_size_test": 64},
 }
+MODELS = ("la", "ir", "random", "supervised")
+TRANSFER = {f"transfer@{m}-{d}-0" for m in MODELS for d in ("object", "transfer")}
+DETECTION = {f"detection@{m}-0" for m in MODELS}
+ALL = {"prepare", "pretrain_ia", "pretrain_la", "supervised", "random_init", "report"} | TRANSFER | DETECTION
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -78,27 +85,42 @@ def repo_copy(tmp_path_factory):
 @pytest.mark.slow
 def test_repro_then_nothing_then_only_affected_stages(repo_copy):
     dvc = str(BIN / "dvc")
-    target = "pretrain_la"  # the pretraining chain; the evaluations are checked through `dvc status`
-    assert _ran(_run([dvc, "repro", target], repo_copy)) == {"prepare", "pretrain_ia", "pretrain_la"}
-    assert (repo_copy / "models" / "la.pt").is_file()
-    assert _ran(_run([dvc, "repro", target], repo_copy)) == set()
-    stale = _stale(repo_copy)
-    assert not stale & {"prepare", "pretrain_ia", "pretrain_la"}
-    assert {f"transfer@{m}-{d}" for m in ("la", "ir", "random", "supervised") for d in ("object", "transfer")} <= stale
+    assert _ran(_run([dvc, "repro"], repo_copy)) == ALL
+    for out in ("models/la.pt", "metrics/transfer/la-object-seed0.json", "metrics/detection/random-seed0.json",
+                "reports/results.md", "reports/results.csv"):
+        assert (repo_copy / out).is_file(), out
+    assert _ran(_run([dvc, "repro"], repo_copy)) == set()
+    assert _stale(repo_copy) == set()
 
-    # an LA param: only LA reruns
+    # a readout param of one dataset: the four cells of that dataset, then the report
+    _set_params(repo_copy, {"transfer": {"object": {"lr": 0.02}}})
+    assert _ran(_run([dvc, "repro"], repo_copy)) == {f"transfer@{m}-object-0" for m in MODELS} | {"report"}
+
+    # a detection param makes every detection cell stale, and nothing else
+    _set_params(repo_copy, {"detection": {"base_lr": 0.02}})
+    assert _stale(repo_copy) == DETECTION
+    # a second seed adds cells, and the report reads the seed list; the cells of seed 0 keep their results
+    _set_params(repo_copy, {"detection": {"base_lr": 0.03, "seeds": [0, 1]}})
+    assert _stale(repo_copy) == {f"detection@{m}-1" for m in MODELS} | {"report"}
+    _set_params(repo_copy, {"detection": {"seeds": [0]}})
+
+    # an LA param: LA, the evaluations of LA and the report
     _set_params(repo_copy, {"pretrain_la": {"lr": 0.01}})
-    assert _ran(_run([dvc, "repro", target], repo_copy)) == {"pretrain_la"}
+    assert _ran(_run([dvc, "repro"], repo_copy)) == {"pretrain_la", "transfer@la-object-0", "transfer@la-transfer-0",
+                                                    "detection@la-0", "report"}
 
     # a prepare param that changes only the detection set: prepare reruns, the object set is
-    # byte-identical, so pretraining does not
+    # byte-identical, so only the detection cells (and the report, which reads metrics/prepare.json)
+    # are stale after it
     _set_params(repo_copy, {"prepare": {"detection": {"num_test": 3}}})
-    assert _ran(_run([dvc, "repro", target], repo_copy)) == {"prepare"}
+    assert _ran(_run([dvc, "repro", "prepare"], repo_copy)) == {"prepare"}
+    assert _stale(repo_copy) == DETECTION | {"report"}
 
-    # the object set changes: the chain reruns
+    # the object set changes: the pretraining chain reruns
     _set_params(repo_copy, {"prepare": {"object": {"num_train": 192}}})
-    assert _ran(_run([dvc, "repro", target], repo_copy)) == {"prepare", "pretrain_ia", "pretrain_la"}
+    assert _ran(_run([dvc, "repro", "pretrain_la"], repo_copy)) == {"prepare", "pretrain_ia", "pretrain_la"}
 
     # metrics and plots are readable by DVC
-    assert "final_knn_top1" in _run([dvc, "metrics", "show"], repo_copy)
+    shown = _run([dvc, "metrics", "show"], repo_copy)
+    assert "final_knn_top1" in shown and "AP50" in shown
     _run([dvc, "plots", "show", "--json"], repo_copy)

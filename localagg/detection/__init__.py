@@ -1,24 +1,34 @@
 """Detection transfer (the paper's third result): Faster R-CNN C4 on PASCAL VOC with Detectron2.
 
+    protocol `DetectionConfig`: the protocol's knobs (no Detectron2 import)
     convert  localagg checkpoint -> Detectron2 names (.pkl), strict loading into the model
-    config   `DetectionConfig` (the protocol's knobs) -> Detectron2 config; the res5 ROI head
+    config   `DetectionConfig` -> Detectron2 config; the res5 ROI head
     train    VOC manifest -> Detectron2 datasets; fine-tune, test with the VOC evaluator
 
-Importing this package imports Detectron2; the rest of localagg does not need it.
+Names are imported on first use (PEP 562), so `localagg.detection.protocol` can be read
+without loading Detectron2; every other submodule imports it.
 """
 
-from .config import DetectionConfig, build_cfg
-from .convert import convert_to_detectron2, load_detectron2_pkl, load_strict, save_detectron2_pkl
-from .train import launch_training, register_voc_manifest, train_detector
+from __future__ import annotations
 
-__all__ = [
-    "DetectionConfig",
-    "build_cfg",
-    "convert_to_detectron2",
-    "launch_training",
-    "load_detectron2_pkl",
-    "load_strict",
-    "register_voc_manifest",
-    "save_detectron2_pkl",
-    "train_detector",
-]
+import importlib
+
+_WHERE = {
+    "DetectionConfig": "protocol",
+    "build_cfg": "config",
+    "convert_to_detectron2": "convert",
+    "load_detectron2_pkl": "convert",
+    "load_strict": "convert",
+    "save_detectron2_pkl": "convert",
+    "launch_training": "train",
+    "register_voc_manifest": "train",
+    "train_detector": "train",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -1,4 +1,4 @@
-"""The detection protocol's knobs (`DetectionConfig`) and the Detectron2 config built from them.
+"""The Detectron2 config built from the detection protocol's knobs (`protocol.DetectionConfig`).
 
 Faster R-CNN with a ResNet C4 backbone (la-method.md, "Detection protocol"): stem and
 res2..res4 are the backbone, res5 runs per region in the ROI head. The community standard
@@ -16,7 +16,7 @@ optional norm after res5 (MoCo's `Res5ROIHeadsExtraNorm`).
 from __future__ import annotations
 
 import os
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch.nn as nn
 from detectron2.config import CfgNode, get_cfg
@@ -24,10 +24,10 @@ from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import UserError
 from .convert import DEPTHS, EXTRA_NORM
+from .protocol import DetectionConfig
 
 ROI_HEAD_NAME = "LocalAggRes5ROIHeads"
 # torchvision's ImageNet normalisation in 0-255 RGB units (what the backbone was trained with).
@@ -70,72 +70,6 @@ if ROI_HEAD_NAME not in ROI_HEADS_REGISTRY:  # a re-imported module must not reg
     ROI_HEADS_REGISTRY.register(LocalAggRes5ROIHeads)
 
 
-class DetectionConfig(BaseModel):
-    """Arch-independent knobs of the detection fine-tuning (iterations count optimizer steps)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_iter: int = Field(24000, ge=1)
-    ims_per_batch: int = Field(16, ge=1, description="images per step over all GPUs")
-    base_lr: float = Field(0.02, gt=0)
-    steps: tuple[int, ...] = Field((18000, 22000), description="iterations where lr *= 0.1")
-    warmup_iters: int = Field(100, ge=0, description="linear warm-up from lr / 1000")
-    weight_decay: float = Field(1e-4, ge=0)
-    checkpoint_period: int = Field(5000, ge=1, description="iterations between checkpoints (the last one always)")
-    eval_period: int = Field(0, ge=0, description="iterations between test evaluations; 0 = at the end only")
-    log_period: int = Field(20, ge=1, description="iterations between loss records")
-    min_size_train: tuple[int, ...] = Field(tuple(range(480, 801, 32)), description="short side, one drawn per image")
-    max_size_train: int = Field(1333, ge=1)
-    min_size_test: int = Field(800, ge=1)
-    max_size_test: int = Field(1333, ge=1)
-    norm: Literal["SyncBN", "BN", "FrozenBN"] = Field(
-        "SyncBN", description="backbone and res5 norm; SyncBN needs CUDA, BN on CPU")
-    extra_norm_after_res5: bool = True
-    freeze_at: int = Field(0, ge=0, le=5, description="0: fine-tune every stage")
-    precise_bn_iters: int = Field(200, ge=0, description="batches to re-estimate BN statistics before testing (0: off)")
-    anchor_sizes: tuple[int, ...] = Field((32, 64, 128, 256, 512), description="RPN anchor sizes in input pixels")
-    batch_size_per_image: int = Field(512, ge=1, description="sampled ROIs per image for the box head")
-    pooler_resolution: int = Field(14, ge=2, description="ROI crop size fed to res5 (its output is half)")
-    proposals_train: int = Field(2000, ge=1, description="RPN proposals kept per image after NMS, training")
-    proposals_test: int = Field(1000, ge=1, description="RPN proposals kept per image after NMS, testing")
-    seed: int = Field(0, ge=0)
-    device: Literal["cuda", "cpu"] = "cuda"
-    num_gpus: int = Field(8, ge=1, description="processes (one per GPU); 1 on CPU")
-    num_workers: int = Field(4, ge=0, description="data-loader workers per process")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if list(self.steps) != sorted(set(self.steps)) or any(not 0 < s < self.max_iter for s in self.steps):
-            raise ValueError(f"steps must be increasing iterations inside (0, max_iter={self.max_iter}), got {list(self.steps)}")
-        if self.ims_per_batch % self.num_gpus:
-            raise ValueError(f"ims_per_batch {self.ims_per_batch} must be divisible by num_gpus {self.num_gpus}")
-        if self.device == "cpu" and self.norm == "SyncBN":
-            raise ValueError('norm "SyncBN" needs CUDA; use "BN" with device cpu')
-        if self.device == "cpu" and self.num_gpus != 1:
-            raise ValueError("device cpu runs one process: set num_gpus to 1")
-        if not self.min_size_train or not self.anchor_sizes:
-            raise ValueError("min_size_train and anchor_sizes must not be empty")
-        return self
-
-    @classmethod
-    def cpu_default(cls, **overrides) -> "DetectionConfig":
-        """The tiny run for the embedded set (128 px images, 22-56 px objects) on 2 CPU cores.
-
-        Single scale at the images' own size, anchors for 16-64 px objects, 32 ROIs per
-        image and a 4 x 4 pooler (res5 dominates the cost), lr 0.03 (best of 0.01..0.05 in
-        300 iterations): about 0.3 s per iteration on 2 idle cores.
-        """
-        values = dict(
-            max_iter=300, ims_per_batch=4, base_lr=0.03, steps=(250,), warmup_iters=50,
-            checkpoint_period=100, log_period=10, min_size_train=(128,), max_size_train=128,
-            min_size_test=128, max_size_test=128, norm="BN", precise_bn_iters=0,
-            anchor_sizes=(16, 32, 64), batch_size_per_image=32, pooler_resolution=4,
-            proposals_train=200, proposals_test=50, device="cpu", num_gpus=1, num_workers=0,
-        )
-        values.update(overrides)
-        return cls(**values)
-
-
 def build_cfg(
     det_cfg: DetectionConfig,
     arch: str,
@@ -143,9 +77,13 @@ def build_cfg(
     train_names: Sequence[str],
     test_names: Sequence[str],
     output_dir: str | os.PathLike,
+    pixel_mean: Sequence[float] = PIXEL_MEAN,
+    pixel_std: Sequence[float] = PIXEL_STD,
 ) -> CfgNode:
     """The Detectron2 config of Faster R-CNN R{18,50}-C4 for `arch` ("resnet18" | "resnet50").
 
+    `pixel_mean`/`pixel_std` (RGB, 0-255 units) must be the normalisation the backbone was
+    pretrained with (the `augment` section's mean/std x 255); torchvision's by default.
     MODEL.WEIGHTS is left empty: `train.train_detector` loads the converted backbone itself
     (strictly). The node is returned unfrozen so a caller can still override keys.
     """
@@ -166,8 +104,10 @@ def build_cfg(
     m.META_ARCHITECTURE = "GeneralizedRCNN"
     m.MASK_ON = False
     m.WEIGHTS = ""
-    m.PIXEL_MEAN = list(PIXEL_MEAN)
-    m.PIXEL_STD = list(PIXEL_STD)
+    if len(pixel_mean) != 3 or len(pixel_std) != 3 or min(pixel_std) <= 0:
+        raise UserError(f"pixel mean/std must be 3 RGB values with std > 0; got {list(pixel_mean)}, {list(pixel_std)}.")
+    m.PIXEL_MEAN = [float(v) for v in pixel_mean]
+    m.PIXEL_STD = [float(v) for v in pixel_std]
     m.BACKBONE.NAME = "build_resnet_backbone"
     m.BACKBONE.FREEZE_AT = c.freeze_at
     m.RESNETS.DEPTH = depth

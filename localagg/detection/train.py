@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -48,6 +49,8 @@ TEST_METRICS = "test_metrics.json"  # written by rank 0 into OUTPUT_DIR at the e
 METRIC_KEYS = ("AP50", "AP", "AP75")
 
 log = logging.getLogger(__name__)
+# Detectron2's anchor generator calls torch.meshgrid without `indexing` (torch >= 1.10 warns).
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
 
 
 class StepLogger(Protocol):

@@ -223,15 +223,21 @@ class _Readout:
     # ------------------------------------------------------------------ passes over the training set
 
     @torch.no_grad()
-    def standardize(self, train_ds: Dataset) -> None:
-        """Fix each head's mean and 1/std from evenly spaced training images (eval geometry)."""
+    def standardize(self, train_ds: Dataset, cached: dict[str, torch.Tensor] | None = None) -> None:
+        """Fix each head's mean and 1/std from evenly spaced training images (eval geometry);
+        taken from `cached` (the output of `cache`) when given instead of a pass over the images."""
         n, m = len(train_ds), min(len(train_ds), self.cfg.standardize_images)
         idx = torch.arange(m) * n // m
         sums = {k: torch.zeros(h.dim, dtype=torch.float64, device=self.device) for k, h in self.heads.items()}
         squares = {k: torch.zeros_like(v) for k, v in sums.items()}
-        for images, _, _ in track(self._batches(train_ds, list(idx.split(self.cfg.batch_size))), "readout statistics",
-                                  total=-(-m // self.cfg.batch_size)):
-            for k, p in self._eval_pooled(images).items():
+        if cached is not None:
+            pooled_batches = ({k: cached[k][i].to(self.device) for k in sums} for i in idx.split(self.cfg.batch_size))
+        else:
+            pooled_batches = (self._eval_pooled(images) for images, _, _ in track(
+                self._batches(train_ds, list(idx.split(self.cfg.batch_size))), "readout statistics",
+                total=-(-m // self.cfg.batch_size)))
+        for pooled in pooled_batches:
+            for k, p in pooled.items():
                 p = p.double()
                 sums[k] += p.sum(0)
                 squares[k] += (p * p).sum(0)
@@ -252,9 +258,10 @@ class _Readout:
                 out[k][idx] = p.cpu()
         return out
 
-    def train(self, train_ds: Dataset, logger: EpochLogger | None) -> list[dict[str, float]]:
+    def train(self, train_ds: Dataset, logger: EpochLogger | None,
+              cached: dict[str, torch.Tensor] | None = None) -> list[dict[str, float]]:
+        """SGD on the heads: over `cached` pooled features when given, else over (augmented) images."""
         cfg = self.cfg
-        cached = self.cache(train_ds) if cfg.cache_features else None
         labels_all = train_ds.labels
         opt = torch.optim.SGD(self.heads.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         history = []
@@ -341,9 +348,10 @@ def train_linear_readout(model: EmbeddingNet, train_ds: Dataset, val_ds: Dataset
     top-5 is top-min(5, num_classes)), "feature_dims": {layer: D}, "history": [{"epoch", ...}]}.
     """
     run = _Readout(model, num_classes, cfg, augment_spec)
+    cached = run.cache(train_ds) if cfg.cache_features else None  # one backbone pass serves both
     if cfg.standardize:
-        run.standardize(train_ds)
-    history = run.train(train_ds, logger)
+        run.standardize(train_ds, cached)
+    history = run.train(train_ds, logger, cached)
     return {
         "layers": run.evaluate(val_ds),
         "feature_dims": {k: h.dim for k, h in run.heads.items()},

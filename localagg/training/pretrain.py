@@ -434,6 +434,8 @@ class Pretrainer:
             knn = self.knn_monitor() if dist.is_main else None
             if knn is not None:
                 metrics["knn_top1"] = knn
+            # this epoch's SGD steps (since the resume, if it resumed mid-epoch) + clustering + kNN monitor
+            metrics["epoch_seconds"] = time.perf_counter() - t0 + s.epoch_stats.get("kmeans_seconds", 0.0)
             s.epoch, s.step = epoch + 1, 0
             s.history.append({"epoch": s.epoch, **metrics})
             self._save()

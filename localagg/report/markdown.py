@@ -1,0 +1,256 @@
+"""results.md: the run's numbers as tables next to the paper's, each naming its source files.
+
+`render` reads the aggregated cells and the raw records (pretraining summaries, costs) and
+returns the whole document; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .paper import HEADLINE, PAPER_ARCH, is_benchmark, paper_value
+from .results import KNN_LAYERS, LAYERS, MODELS, ROLES, Cell, Record, RunMetrics, Stat
+
+ROLE_NOUN = {"object": "object set", "transfer": "transfer set", "detection": "detection set"}
+
+HOW_TO_READ = """\
+## How to read this report
+
+Numbers are percentages. `la` is Local Aggregation, `ir` the Instance Recognition warm start
+LA begins from, `random` the untrained network and `supervised` the same backbone trained with
+the object set's labels (a reference, not a target). Linear readout trains one linear
+classifier on the frozen features of each layer (conv1..conv5) and evaluates it on one centre
+crop ("centre") and on 10 crops ("10-crop"); kNN is the weighted k-nearest-neighbour top-1 on
+the embedding or on conv5. A cell is the mean ± sample standard deviation over seeds (n, the
+number of seeds, is in the column header or next to the value); one seed shows the value
+alone. The paper's numbers sit next to a result only where this run measured the same
+benchmark (same dataset and ResNet-50, same layer, metric and crop); elsewhere this run's
+number is shown for orientation and marked not comparable. Every table names the metrics
+files it came from (`{a,b}` in a name stands for each of a and b; the last section lists every
+file); `results.csv` holds the same numbers (means over seeds)."""
+
+
+def fmt(stat: Stat | None, with_n: bool = False) -> str:
+    """'80.80', '80.80 ± 0.42' or, with_n, '80.80 ± 0.42 (n=2)'; 'n/a' for a missing number."""
+    if stat is None:
+        return "n/a"
+    text = f"{stat.mean:.2f}" if stat.std is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
+    return f"{text} (n={stat.n})" if with_n and stat.n > 1 else text
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def brace_paths(paths) -> list[str]:
+    """Paths in shell brace notation where exact: [a-seed0.json, b-seed0.json] -> [{a,b}-seed0.json].
+
+    Paths with the same separators (- / . _) form a group; a group is written as one pattern
+    when the pattern's expansion is exactly the group, otherwise path by path.
+    """
+    groups: dict[tuple, list[list[str]]] = {}
+    for path in dict.fromkeys(paths):
+        parts = re.split(r"([-/._])", path)
+        groups.setdefault(tuple(parts[1::2]), []).append(parts)
+    out = []
+    for group in groups.values():
+        columns = [list(dict.fromkeys(col)) for col in zip(*group)]
+        if math.prod(len(col) for col in columns) != len(group):
+            out += ["".join(parts) for parts in group]
+            continue
+        out.append("".join(col[0] if len(col) == 1 else "{" + ",".join(col) + "}" for col in columns))
+    return out
+
+
+def source_line(paths) -> str:
+    return "Source: " + ", ".join(f"`{p}`" for p in brace_paths(paths)) + "."
+
+
+def _paper(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _counts(prepare: Record, role: str) -> str:
+    """'10 classes; train 10,000, val 2,000' from prepare.json's entry for `role`."""
+    classes = prepare.get(role, "classes")
+    sizes = [(split, v.get("total", v.get("images"))) for split, v in prepare.get(role).items() if isinstance(v, dict)]
+    return f"{classes} classes; " + ", ".join(f"{split} {n:,}" for split, n in sizes if isinstance(n, int))
+
+
+def statement(idents: dict[str, tuple[str, str]], prepare: Record) -> str:
+    """What this run measured and whether it can be compared with the paper (reads prepare.json)."""
+    used = "; ".join(f"{ROLE_NOUN[role]} `{name}` ({_counts(prepare, role)})" for role, (name, _) in idents.items())
+    arches = "/".join(sorted({arch for _, arch in idents.values()}))
+    text = (f"This run used: {used}; backbone `{arches}`. The paper used ImageNet (object), Places205 "
+            f"(transfer) and PASCAL VOC07 (detection) with {PAPER_ARCH}.")
+    same = [role for role, (name, arch) in idents.items() if is_benchmark(role, name, arch)]
+    if len(same) == len(idents):
+        return text + (" This run measured the paper's benchmarks, so its numbers can be set against the paper's "
+                       "(protocol details such as epochs and crops are in params.yaml).")
+    differ = ", ".join(f"{ROLE_NOUN[role]} `{idents[role][0]}`" for role in idents if role not in same)
+    text += (f"\n\n**Its numbers are NOT comparable with the paper's** where the dataset or architecture differs "
+             f"({differ}, backbone `{arches}`): they show that the pipeline works end to end, not that the "
+             f"paper's results reproduce.")
+    if same:
+        text += " Comparable: " + ", ".join(f"{ROLE_NOUN[role]} `{idents[role][0]}`" for role in same) + "."
+    return text
+
+
+def headline(ix: dict[tuple, Cell]) -> str:
+    """The paper's headline table: paper LA/IR, this run's LA/IR and their differences."""
+    rows, sources = [], []
+    for label, role, task, layer, metric in HEADLINE:
+        row = [label]
+        for model in ("la", "ir"):
+            paper = paper_value(model, role, task, layer, metric)
+            cell = ix.get((model, task, role, layer, metric))
+            ours, diff = fmt(cell.stat if cell else None, with_n=True), ""
+            if cell is not None:
+                sources += cell.sources
+                if not is_benchmark(role, cell.dataset, cell.arch):
+                    ours += f" ({cell.dataset}, {cell.arch}: not comparable)"
+                elif paper is not None:
+                    diff = f"{cell.stat.mean - paper:+.2f}"
+            row += [_paper(paper), ours, diff]
+        rows.append(row)
+    header = ["benchmark (paper, ResNet-50)", "paper LA", "this run LA", "LA − paper", "paper IR", "this run IR",
+              "IR − paper"]
+    return "## Headline: the paper's table\n\n" + table(header, rows) + "\n\n" + source_line(sources)
+
+
+def _n_header(ix, task, role, layer, metric) -> list[str]:
+    out = []
+    for model in MODELS:
+        cell = ix.get((model, task, role, layer, metric))
+        out.append(f"{model} (n={cell.stat.n})" if cell and cell.stat.n > 1 else model)
+    return out
+
+
+def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
+    """Per-layer linear readout top-1, one table per dataset, models as columns."""
+    parts = ["## Linear readout per layer (top-1)"]
+    for role in ROLES:
+        name, arch = idents[role]
+        bench = is_benchmark(role, name, arch)
+        rows, sources = [], []
+        for layer in LAYERS:
+            for metric, crop in (("top1", "centre"), ("top1_10crop", "10-crop")):
+                cells = [ix.get((model, "linear", role, layer, metric)) for model in MODELS]
+                if not any(cells):
+                    continue
+                sources += [p for c in cells if c for p in c.sources]
+                row = [layer, crop] + [fmt(c.stat if c else None) for c in cells]
+                if bench:
+                    row += [_paper(paper_value(m, role, "linear", layer, metric)) for m in ("la", "ir")]
+                rows.append(row)
+        header = ["layer", "crop", *_n_header(ix, "linear", role, "conv5", "top1")]
+        header += ["paper LA", "paper IR"] if bench else []
+        parts.append(f"### {ROLE_NOUN[role]} `{name}` ({arch})\n\n{table(header, rows)}\n\n{source_line(sources)}")
+    return "\n\n".join(parts)
+
+
+def knn(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics) -> str:
+    """kNN top-1 on the embedding and conv5, per dataset, models as columns."""
+    rows, sources = [], []
+    for role in ROLES:
+        for layer in KNN_LAYERS:
+            cells = [ix[(model, "knn", role, layer, "top1")] for model in MODELS]
+            sources += [p for c in cells for p in c.sources]
+            rows.append([f"`{idents[role][0]}`", layer] + [fmt(c.stat) for c in cells])
+    ks = sorted({int(r.number("knn_k")) for recs in m.transfer.values() for r in recs})
+    header = ["dataset", "features", *_n_header(ix, "knn", "object", "embedding", "top1")]
+    return (f"## kNN top-1 (k = {', '.join(map(str, ks))})\n\n" + table(header, rows) + "\n\n" + source_line(sources))
+
+
+def detection(ix: dict[tuple, Cell], ident: tuple[str, str]) -> str:
+    """Detection AP50/AP/AP75 per model."""
+    name, arch = ident
+    bench = is_benchmark("detection", name, arch)
+    rows, sources = [], []
+    for model in MODELS:
+        cells = [ix[(model, "detection", "detection", "", metric)] for metric in ("AP50", "AP", "AP75")]
+        sources += [p for c in cells for p in c.sources]
+        row = [model, str(cells[0].stat.n)] + [fmt(c.stat) for c in cells]
+        rows.append(row + ([_paper(paper_value(model, "detection", "detection", "", "AP50"))] if bench else []))
+    header = ["model", "seeds", "AP50", "AP", "AP75"] + (["paper AP50"] if bench else [])
+    return (f"## Detection on `{name}` (Faster R-CNN C4, {arch} backbone)\n\n" + table(header, rows)
+            + "\n\n" + source_line(sources))
+
+
+def pretraining(m: RunMetrics) -> str:
+    """Pretraining summary (epochs, kNN top-1 at start and end, final loss) and LA's cluster statistics."""
+    rows = []
+    for model, r in m.pretrain.items():
+        rows.append([model, f"`{r.stage}`", str(int(r.number("epochs"))), f"{r.number('knn_top1_init'):.2f}",
+                     f"{r.number('final_knn_top1'):.2f}", f"{r.number('final_loss'):.4f}"])
+    header = ["model", "stage", "epochs", "kNN top-1 at start", "kNN top-1 at end", "final loss"]
+    la = m.pretrain["la"]
+    keys = sorted(k for k in la.data if k.startswith(("final_cluster_", "final_kmeans_")))
+    stats = [[k.removeprefix("final_").replace("_", " ").replace("nmi", "NMI with the labels"), f"{la.number(k):.4g}"]
+             for k in keys]
+    text = ("## Pretraining\n\nkNN top-1 is measured on the object set's held-out split with the embedding, "
+            "after each epoch (\"at start\": before the first).\n\n" + table(header, rows) + "\n\n"
+            + source_line(r.path for r in m.pretrain.values()))
+    if stats:
+        text += ("\n\nLA's clustering after the last epoch (averaged over the H k-means runs):\n\n"
+                 + table(["statistic", "value"], stats) + "\n\n" + source_line([la.path]))
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def cost(m: RunMetrics) -> str:
+    """Wall time and peak memory per stage from each file's optional `cost` key ('n/a' when absent).
+
+    Pretraining files also carry `cost.train_seconds`, the epochs' time summed over every run
+    that built the model: a stage that resumed a finished checkpoint has a short wall time.
+    """
+    rows = []
+    for r in m.records():
+        if r.get("cost", optional=True) is None:
+            rows.append([f"`{r.stage}`", f"`{r.path}`", "n/a", "n/a", "n/a", "n/a"])
+            continue
+        gpu = r.get("cost", "peak_gpu_mb")
+        train = r.get("cost", "train_seconds", optional=True)
+        rows.append([f"`{r.stage}`", f"`{r.path}`", _duration(r.number("cost", "wall_seconds")),
+                     "" if train is None else _duration(r.number("cost", "train_seconds")),
+                     f"{r.number('cost', 'peak_rss_mb'):,.0f} MB",
+                     "no GPU" if gpu is None else f"{r.number('cost', 'peak_gpu_mb'):,.0f} MB"])
+    return ("## Cost\n\n" + table(["stage", "metrics file", "wall time (this run)", "training time (all runs)",
+                                    "peak RSS", "peak GPU memory"], rows)
+            + "\n\nSource: the `cost` key of each metrics file listed. Training time is the pretraining epochs' "
+              "time summed over the runs that built the model (a rerun that resumes a finished checkpoint "
+              "takes seconds).")
+
+
+def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell]) -> str:
+    """Links to the figures (paths relative to results.md), each with its sources."""
+    transfer = [p for c in ix.values() if c.task == "linear" and c.metric.startswith("top1") for p in c.sources]
+    detect = [p for c in ix.values() if c.task == "detection" for p in c.sources]
+    return "\n\n".join([
+        "## Figures",
+        f"![Linear readout top-1 per layer]({figs['readout']})\n\n" + source_line(transfer),
+        f"![Pretraining curves: IR then LA]({figs['pretraining']})\n\n" + source_line(m.curve_files),
+        f"![Detection AP per model]({figs['detection']})\n\n" + source_line(detect),
+    ])
+
+
+def sources(m: RunMetrics) -> str:
+    lines = [f"- `{r.path}` (stage `{r.stage}`)" for r in m.records()] + [f"- `{p}`" for p in m.curve_files]
+    return "## Sources\n\nEvery number above comes from these files:\n\n" + "\n".join(lines)
+
+
+def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str]) -> str:
+    """The whole results.md. `figs` maps readout, pretraining, detection to paths relative to it."""
+    ix = {c.key: c for c in cells}
+    idents = {c.role: (c.dataset, c.arch) for c in cells}
+    parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare), HOW_TO_READ, headline(ix),
+             readout(ix, idents), knn(ix, idents, m), detection(ix, idents["detection"]), pretraining(m), cost(m),
+             figures(figs, m, ix), sources(m)]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,174 @@
+"""The numbers of one run, aggregated over seeds: the rows of results.csv.
+
+`RunMetrics` holds every metrics file the report reads, each as a `Record` that remembers
+its path (so every number can be traced to a file) and the stage that writes it (so a
+malformed file says what to rerun). `aggregate` turns them into `Cell`s, one per
+(model, task, role, layer, metric) with the mean, sample std and count over seeds;
+`csv_text` writes them with the paper's number where the benchmark is the paper's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass
+
+from localagg.errors import UserError
+
+from .paper import published
+
+MODELS = ("la", "ir", "random", "supervised")
+ROLES = ("object", "transfer")
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+LINEAR_METRICS = ("top1", "top5", "top1_10crop", "top5_10crop")
+TEN_CROP = ("top1_10crop", "top5_10crop")  # absent when the readout ran with ten_crop off
+KNN_LAYERS = ("embedding", "conv5")
+DETECTION_METRICS = ("AP50", "AP", "AP75")
+CSV_COLUMNS = ("model", "task", "dataset", "layer", "metric", "value", "paper")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One metrics file: its path, its parsed JSON and the DVC stage that writes it."""
+
+    path: str
+    data: dict
+    stage: str
+
+    def get(self, *keys: str, optional: bool = False):
+        """data[k1][k2]...; a missing key is a UserError naming the file and key (None if optional)."""
+        node = self.data
+        for i, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                if optional:
+                    return None
+                raise UserError(f"{self.path}: missing key {'.'.join(keys[:i + 1])}; the file is stale or "
+                                f"not from this pipeline: rerun `dvc repro {self.stage}`.")
+            node = node[key]
+        return node
+
+    def number(self, *keys: str) -> float:
+        """A numeric value at data[k1][k2]...; anything else is a UserError naming the file and key."""
+        value = self.get(*keys)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{self.path}: {'.'.join(keys)} should be a number, got {value!r}: "
+                            f"rerun `dvc repro {self.stage}`.")
+        return float(value)
+
+
+@dataclass
+class RunMetrics:
+    """Everything the report reads from one run of the pipeline."""
+
+    prepare: Record
+    pretrain: dict[str, Record]                    # ir, la, supervised -> pretraining summary
+    transfer: dict[tuple[str, str], list[Record]]  # (model, role) -> one record per seed
+    detection: dict[str, list[Record]]             # model -> one record per seed
+    curves: dict[str, dict[str, list[tuple[float, float]]]]  # ir, la -> metric -> [(epoch, value)]
+    curve_files: list[str]
+
+    def records(self) -> list[Record]:
+        """Every metrics file, in pipeline order."""
+        out = [self.prepare, *self.pretrain.values()]
+        for role in ROLES:
+            for model in MODELS:
+                out += self.transfer[(model, role)]
+        for model in MODELS:
+            out += self.detection[model]
+        return out
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (None for one value) and count of a number over seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation number of one model, over seeds, with the files it came from."""
+
+    model: str
+    task: str       # linear | knn | detection
+    role: str       # object | transfer | detection
+    dataset: str    # the dataset's real name, e.g. fashion_mnist, imagenet, voc07
+    arch: str
+    layer: str      # conv1..conv5 (linear), embedding | conv5 (knn), "" (detection)
+    metric: str
+    stat: Stat
+    sources: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return self.model, self.task, self.role, self.layer, self.metric
+
+    @property
+    def paper(self) -> float | None:
+        return published(self.model, self.task, self.dataset, self.arch, self.layer, self.metric)
+
+
+def identity(records: list[Record]) -> tuple[str, str]:
+    """The (dataset_name, arch) that all `records` share; files that disagree are a UserError."""
+    found = {(r.get("dataset_name"), r.get("arch")): r for r in records}
+    if len(found) > 1:
+        listed = "; ".join(f"{r.path}: {name}, {arch}" for (name, arch), r in found.items())
+        raise UserError(f"metrics files of the same evaluation disagree on dataset or architecture ({listed}); "
+                        f"some are stale: rerun `dvc repro {records[0].stage.split('@')[0]}`.")
+    return next(iter(found))
+
+
+def _cell(model, task, role, ident, layer, metric, records: list[Record], keys) -> Cell:
+    values = [r.number(*keys) for r in records]
+    return Cell(model, task, role, *ident, layer, metric, Stat.of(values), tuple(r.path for r in records))
+
+
+def aggregate(m: RunMetrics) -> list[Cell]:
+    """Every evaluation number of the run, averaged over seeds, in the order of results.csv.
+
+    Reads the transfer records (linear.<layer>.<metric>, knn.<layer>) and the detection
+    records (AP50, AP, AP75). 10-crop numbers are left out when no seed has them.
+    """
+    cells = []
+    idents = {role: identity([r for model in MODELS for r in m.transfer[(model, role)]]) for role in ROLES}
+    for role in ROLES:
+        for model in MODELS:
+            recs = m.transfer[(model, role)]
+            for layer in LAYERS:
+                for metric in LINEAR_METRICS:
+                    if metric in TEN_CROP and all(r.get("linear", layer, metric, optional=True) is None for r in recs):
+                        continue
+                    cells.append(_cell(model, "linear", role, idents[role], layer, metric, recs,
+                                       ("linear", layer, metric)))
+    for role in ROLES:
+        for model in MODELS:
+            for layer in KNN_LAYERS:
+                cells.append(_cell(model, "knn", role, idents[role], layer, "top1", m.transfer[(model, role)],
+                                   ("knn", layer)))
+    ident = identity([r for model in MODELS for r in m.detection[model]])
+    for model in MODELS:
+        for metric in DETECTION_METRICS:
+            cells.append(_cell(model, "detection", "detection", ident, "", metric, m.detection[model], (metric,)))
+    return cells
+
+
+def number_text(value: float | None) -> str:
+    """A CSV number: at most 4 decimals, no trailing zeros; empty for None."""
+    return "" if value is None else f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def csv_text(cells: list[Cell]) -> str:
+    """results.csv: one row per cell, `value` the mean over seeds, `paper` only for the paper's benchmark."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in cells:
+        writer.writerow((c.model, c.task, c.dataset, c.layer, c.metric, number_text(c.stat.mean), number_text(c.paper)))
+    return buf.getvalue()

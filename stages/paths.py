@@ -1,0 +1,31 @@
+"""Where each stage writes, and which stage writes what: the names every stage and the report
+share (no heavy imports, so the report and the CLI load fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS = ("la", "ir", "random", "supervised")            # the models every evaluation compares
+DATASETS = ("object", "transfer")                        # the readout datasets (ImageNet's, Places205's roles)
+STAGE_OF_MODEL = {"la": "pretrain_la", "ir": "pretrain_ia", "random": "random_init", "supervised": "supervised"}
+
+
+def model_path(name: str) -> Path:
+    """The exported weights of model `name` (la, ir, random, supervised)."""
+    return Path("models") / f"{name}.pt"
+
+
+def transfer_cell(model: str, dataset: str, seed: int) -> str:
+    return f"{model}-{dataset}-seed{seed}"
+
+
+def transfer_metrics_path(model: str, dataset: str, seed: int) -> Path:
+    return Path("metrics") / "transfer" / f"{transfer_cell(model, dataset, seed)}.json"
+
+
+def detection_cell(model: str, seed: int) -> str:
+    return f"{model}-seed{seed}"
+
+
+def detection_metrics_path(model: str, seed: int) -> Path:
+    return Path("metrics") / "detection" / f"{detection_cell(model, seed)}.json"

@@ -1,0 +1,112 @@
+"""The `detection` stage around the Detectron2 library: which checkpoint it resumes, what it
+writes, and the numbers it records (training itself is replaced by a recorder here; the
+library's training is tested in test_detection.py and end to end in test_dvc_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from localagg.data.synthetic_detection import build_synthetic_voc
+from localagg.data.voc import prepare_voc
+from localagg.models.backbone import EmbeddingNet
+from localagg.training.checkpoint import save_export
+from stages import detection as stage
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A repository-like folder: params.yaml, models/la.pt, data/prepared/detection (tiny VOC)."""
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["detection"].update(max_iter=4, steps=[], warmup_iters=2)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    root = Path("data/prepared/detection/VOCdevkit")
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    labels = np.arange(12) % len(CLASSES)
+    build_synthetic_voc(root, items[:8], labels[:8], items[8:], labels[8:], CLASSES, num_trainval=3, num_test=2,
+                        image_size=64, objects_per_image=(1, 1), scale_range=(1.0, 1.0))
+    manifest = prepare_voc(root, root.parent / "detection.json", trainval=[("VOC2007", "trainval")],
+                           test=[("VOC2007", "test")], classes=CLASSES, check_images=False, name="synthetic_voc")
+    (root.parent / "detection.json").write_text(json.dumps({**manifest, "root": "VOCdevkit"}))
+    _export(seed=0)
+    return tmp_path
+
+
+def _export(seed: int) -> None:
+    torch.manual_seed(seed)
+    save_export("models/la.pt", EmbeddingNet("resnet18", "imagenet", 16), "la")
+
+
+class FakeLaunch:
+    """Stands in for `launch_training`: records the call and leaves a checkpoint behind."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, num_gpus, manifest, prefix, cfg, weights_pkl, resume, logger, log_period):
+        out = Path(cfg.OUTPUT_DIR)
+        self.calls.append({"resume": resume, "had_checkpoint": (out / "model_final.pth").is_file(),
+                           "pkl": Path(weights_pkl).is_file(), "mean": list(cfg.MODEL.PIXEL_MEAN),
+                           "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT, "seed": cfg.SEED})
+        (out / "model_final.pth").write_bytes(b"checkpoint")
+        return {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
+
+
+def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monkeypatch):
+    fake = FakeLaunch()
+    monkeypatch.setattr("localagg.detection.train.launch_training", fake)
+
+    metrics = stage.run("la", 3, Path("params.yaml"))
+    assert fake.calls[-1]["had_checkpoint"] is False and fake.calls[-1]["pkl"] and fake.calls[-1]["seed"] == 3
+    # the detector normalises its input as pretraining did: augment.mean x 255
+    mean = yaml.safe_load(Path("params.yaml").read_text())["augment"]["mean"]
+    assert fake.calls[-1]["mean"] == pytest.approx([255 * v for v in mean])
+    assert fake.calls[-1]["freeze_at"] == 2
+    written = json.loads(Path("metrics/detection/la-seed3.json").read_text())
+    assert written == metrics
+    assert (written["AP50"], written["model"], written["seed"], written["dataset_name"]) == (50.0, "la", 3, "synthetic_voc")
+    assert {"wall_seconds", "peak_rss_mb", "peak_gpu_mb"} <= set(written["cost"])
+
+    stage.run("la", 3, Path("params.yaml"))  # same weights and config: the checkpoint is kept
+    assert fake.calls[-1]["had_checkpoint"] is True
+
+    _export(seed=1)  # other weights under the same name: start over
+    stage.run("la", 3, Path("params.yaml"))
+    assert fake.calls[-1]["had_checkpoint"] is False
+
+    params = yaml.safe_load(Path("params.yaml").read_text())  # another config: start over
+    params["detection"]["base_lr"] = 0.01
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    stage.run("la", 3, Path("params.yaml"))
+    assert fake.calls[-1]["had_checkpoint"] is False
+
+    stage.run("la", 3, Path("params.yaml"), resume=False)  # --no-resume: start over
+    assert fake.calls[-1]["had_checkpoint"] is False
+
+
+def test_a_non_resnet_stem_stops_before_training(workdir, monkeypatch):
+    fake = FakeLaunch()
+    monkeypatch.setattr("localagg.detection.train.launch_training", fake)
+    save_export("models/la.pt", EmbeddingNet("resnet18", "small", 16), "la")
+    from localagg.errors import UserError
+
+    with pytest.raises(UserError, match="imagenet stem"):
+        stage.run("la", 0, Path("params.yaml"))
+    assert fake.calls == [] and not Path("checkpoints").exists()
+
+
+def test_dataset_name_marks_the_papers_benchmark():
+    voc07 = {"name": "voc", "splits": {"test": [["VOC2007", "test"]]}}
+    assert stage.dataset_name(voc07) == "voc07"
+    assert stage.dataset_name({"name": "voc", "splits": {"test": [["VOC2012", "val"]]}}) == "voc"
+    assert stage.dataset_name({"name": "synthetic_voc", "splits": {"test": [["VOC2007", "test"]]}}) == "synthetic_voc"

@@ -1,0 +1,280 @@
+"""The report stage: results.csv/md and figures from metrics files, the sweep table, and the
+errors for missing or malformed inputs.
+
+tests/fixtures/report/exp_show.json is real `dvc exp show --json -A` output of dvc 3.67
+(deps, outs and meta dropped), made in a temporary git repository whose one stage writes
+metrics from params: pretrain_la.json final_knn_top1 = 70 + num_clusters / 100;
+la-object-seed{0,1}.json linear.conv5.top1 = 80 + num_kmeans + seed;
+la-transfer-seed0.json linear.conv5.top1 = 90 + k / 1024; detection/la-seed0.json AP50 = 40 + num_kmeans.
+Commits: num_clusters 200, then 300 (branch main); experiments on main: clusters100
+(`-S pretrain_la.num_clusters=100`) and k512 (`-S pretrain_la.k=512 -S pretrain_la.num_kmeans=5`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from localagg.errors import UserError
+from localagg.report.markdown import brace_paths
+from stages import report
+from stages.cli import app
+
+FIXTURE = Path(__file__).parent / "fixtures" / "report" / "exp_show.json"
+MODELS = ("la", "ir", "random", "supervised")
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+BASE = {"la": 50.0, "ir": 40.0, "random": 10.0, "supervised": 70.0}
+OFFSET = {"top1": 0.0, "top5": 20.0, "top1_10crop": 1.0, "top5_10crop": 21.0}
+AP50 = {"la": 60.0, "ir": 55.0, "random": 20.0, "supervised": 65.0}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def linear_value(model, dataset, layer_index, metric, seed):
+    return BASE[model] + 2 * layer_index + OFFSET[metric] + seed + (5.0 if dataset == "transfer" else 0.0)
+
+
+def dump(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), arch="resnet18",
+              transfer_seeds=(0, 1)) -> Path:
+    """Every metrics file of a run under `root`: 4 models x 2 datasets x `transfer_seeds`,
+    detection with the default seed list [0], pretraining summaries and curves."""
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"transfer": {"seeds": list(transfer_seeds)}}))
+    split = {"total": 100, "per_class": {}}
+    dump(root / "metrics/prepare.json", {
+        "object": {"name": names[0], "classes": 10, "train": split, "val": split},
+        "transfer": {"name": names[1], "classes": 10, "train": split, "val": split},
+        "detection": {"name": names[2], "classes": 10, "trainval": {"images": 30}, "test": {"images": 10}}})
+    for stage, knn in (("pretrain_ia", 70.0), ("pretrain_la", 75.0), ("supervised", 80.0)):
+        summary = {"epochs": 4, "knn_top1_init": 60.0, "final_knn_top1": knn, "final_loss": 1.25}
+        if stage == "pretrain_la":
+            summary.update(final_cluster_nmi=0.4475, final_cluster_singleton_fraction=0.0017,
+                           cost={"wall_seconds": 3725.0, "train_seconds": 7300.0, "peak_rss_mb": 2048.0,
+                                 "peak_gpu_mb": None})
+        dump(root / f"metrics/{stage}.json", summary)
+    for model in MODELS:
+        for d_index, dataset in enumerate(("object", "transfer")):
+            for seed in transfer_seeds:
+                dump(root / f"metrics/transfer/{model}-{dataset}-seed{seed}.json", {
+                    "model": model, "dataset": dataset, "dataset_name": names[d_index], "arch": arch, "seed": seed,
+                    "epochs": 10, "knn_k": 200, "feature_dims": {layer: 512 for layer in LAYERS},
+                    "linear": {layer: {m: linear_value(model, dataset, i, m, seed) for m in OFFSET}
+                               for i, layer in enumerate(LAYERS)},
+                    "knn": {"embedding": BASE[model] + 3.0 + seed, "conv5": BASE[model] + 4.0}})
+        dump(root / f"metrics/detection/{model}-seed0.json", {
+            "model": model, "seed": 0, "arch": arch, "dataset_name": names[2], "AP50": AP50[model],
+            "AP": AP50[model] / 2, "AP75": AP50[model] / 4, "max_iter": 100, "ims_per_batch": 2,
+            "cost": {"wall_seconds": 42.0, "peak_rss_mb": 1500.0, "peak_gpu_mb": 900.0}})
+    for stage, losses in (("pretrain_ia", (8.0, 7.0)), ("pretrain_la", (2.0, 1.5, 1.25))):
+        live = root / "dvclive" / stage / "plots" / "metrics"
+        live.mkdir(parents=True)
+        (live / "loss.tsv").write_text("step\tloss\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(losses)))
+        knn = "".join(f"{i + 1}\t{60 + i}\n" for i in range(len(losses)))
+        (live / "knn_top1.tsv").write_text("step\tknn_top1\n" + knn)
+    return params
+
+
+def rows_by_key(path: Path) -> dict[tuple, dict]:
+    with path.open(newline="") as f:
+        return {(r["model"], r["task"], r["dataset"], r["layer"], r["metric"]): r for r in csv.DictReader(f)}
+
+
+@pytest.fixture
+def toy_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return write_run(tmp_path)
+
+
+def test_results_csv_has_exact_columns_mean_over_seeds_and_no_paper_for_other_datasets(toy_run, tmp_path):
+    written = report.run(toy_run, out=Path("reports"))
+    assert [p.name for p in written] == ["results.md", "results.csv", "readout.png", "pretraining.png", "detection.png"]
+    with open("reports/results.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["model", "task", "dataset", "layer", "metric", "value", "paper"]
+    rows = rows_by_key(Path("reports/results.csv"))
+    assert len(rows) == 2 * 4 * 5 * 4 + 2 * 4 * 2 + 4 * 3
+    # la on the object set, conv5 (index 4), 10-crop: seeds 0 and 1 -> 59.0 and 60.0
+    assert rows[("la", "linear", "fashion_mnist", "conv5", "top1_10crop")]["value"] == "59.5"
+    assert rows[("ir", "linear", "mnist_5k", "conv1", "top5")]["value"] == "65.5"
+    assert rows[("supervised", "knn", "mnist_5k", "embedding", "top1")]["value"] == "73.5"
+    assert rows[("random", "detection", "synthetic_voc", "", "AP75")]["value"] == "5"
+    assert all(r["paper"] == "" for r in rows.values())
+
+
+def test_results_md_says_not_comparable_and_shows_mean_std_n(toy_run):
+    report.run(toy_run, out=Path("reports"))
+    md = Path("reports/results.md").read_text()
+    assert "NOT comparable with the paper's" in md and "`fashion_mnist`" in md and "`resnet18`" in md
+    headline = next(line for line in md.splitlines() if line.startswith("| ImageNet linear top-1, conv5, 10-crop"))
+    cells = [c.strip() for c in headline.strip("|").split("|")]
+    assert cells == ["ImageNet linear top-1, conv5, 10-crop", "60.2", "59.50 ± 0.71 (n=2) (fashion_mnist, resnet18: "
+                     "not comparable)", "", "54.0", "49.50 ± 0.71 (n=2) (fashion_mnist, resnet18: not comparable)", ""]
+    for label in ("ImageNet linear top-1, conv5, centre crop", "Places205 linear top-1, conv5",
+                  "VOC07 test detection AP50"):
+        assert f"| {label} |" in md
+    assert "| layer | crop | la (n=2) | ir (n=2) | random (n=2) | supervised (n=2) |" in md
+    assert "| conv5 | 10-crop | 59.50 ± 0.71 | 49.50 ± 0.71 | 19.50 ± 0.71 | 79.50 ± 0.71 |" in md
+    assert "| la | 1 | 60.00 | 30.00 | 15.00 |" in md  # detection, one seed: no ± std
+    assert "| `pretrain_la` | `metrics/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | no GPU |" in md
+    assert "| `pretrain_ia` | `metrics/pretrain_ia.json` | n/a | n/a | n/a | n/a |" in md
+    assert "| cluster NMI with the labels | 0.4475 |" in md
+    assert "Source: `metrics/transfer/{la,ir,random,supervised}-object-{seed0,seed1}.json`." in md
+    assert "- `metrics/transfer/random-transfer-seed1.json` (stage `transfer@random-transfer-1`)" in md
+    for name in ("readout", "pretraining", "detection"):
+        assert f"(figures/{name}.png)" in md
+        assert Path(f"reports/figures/{name}.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_source_paths_use_brace_notation_only_where_exact():
+    assert brace_paths(["m/a-s0.json", "m/b-s0.json", "m/a-s1.json", "m/b-s1.json", "m/p.json"]) == [
+        "m/{a,b}-{s0,s1}.json", "m/p.json"]
+    assert brace_paths(["m/a-s0.json", "m/b-s0.json", "m/a-s1.json"]) == ["m/a-s0.json", "m/b-s0.json", "m/a-s1.json"]
+
+
+def test_figures_are_byte_identical_across_runs(toy_run):
+    report.run(toy_run, out=Path("a"))
+    report.run(toy_run, out=Path("b"))
+    for name in ("readout", "pretraining", "detection"):
+        assert Path(f"a/figures/{name}.png").read_bytes() == Path(f"b/figures/{name}.png").read_bytes()
+
+
+def test_paper_numbers_fill_only_the_papers_benchmark(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,))
+    report.run(params, out=Path("reports"))
+    rows = rows_by_key(Path("reports/results.csv"))
+    paper = {key: row["paper"] for key, row in rows.items() if row["paper"]}
+    assert paper == {
+        ("la", "linear", "imagenet", "conv5", "top1_10crop"): "60.2",
+        ("la", "linear", "imagenet", "conv5", "top1"): "58.8",
+        ("la", "linear", "places205", "conv5", "top1_10crop"): "50.1",
+        ("la", "detection", "voc07", "", "AP50"): "69.1",
+        ("ir", "detection", "voc07", "", "AP50"): "65.4",
+        **{("ir", "linear", "imagenet", layer, "top1_10crop"): v
+           for layer, v in zip(LAYERS, ("15.3", "18.8", "24.9", "40.6", "54"))},
+        **{("ir", "linear", "places205", layer, "top1_10crop"): v
+           for layer, v in zip(LAYERS, ("18.1", "22.3", "29.7", "42.1", "45.5"))},
+    }
+    md = Path("reports/results.md").read_text()
+    assert "NOT comparable" not in md and "not comparable)" not in md
+    # la ImageNet conv5 10-crop: 50 + 8 + 1 = 59.0 against 60.2
+    assert "| ImageNet linear top-1, conv5, 10-crop | 60.2 | 59.00 | -1.20 | 54.0 | 49.00 | -5.00 |" in md
+    assert "| VOC07 test detection AP50 | 69.1 | 60.00 | -9.10 | 65.4 | 55.00 | -10.40 |" in md
+
+
+def test_paper_dataset_with_another_architecture_is_not_comparable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet18", transfer_seeds=(0,))
+    report.run(params, out=Path("reports"))
+    assert all(row["paper"] == "" for row in rows_by_key(Path("reports/results.csv")).values())
+    assert "NOT comparable with the paper's" in Path("reports/results.md").read_text()
+
+
+@pytest.mark.parametrize("missing, fix", [
+    ("metrics/transfer/ir-transfer-seed1.json", "dvc repro transfer@ir-transfer-1"),
+    ("metrics/pretrain_la.json", "dvc repro pretrain_la"),
+    ("metrics/detection/la-seed0.json", "dvc repro detection@la-0"),
+    ("dvclive/pretrain_ia/plots/metrics/loss.tsv", "dvc repro pretrain_ia"),
+])
+def test_missing_input_names_the_file_and_the_stage_to_run(toy_run, missing, fix):
+    Path(missing).unlink()
+    with pytest.raises(UserError) as err:
+        report.run(toy_run, out=Path("reports"))
+    assert str(err.value) == f"{missing} does not exist: run `{fix}`."
+    assert not Path("reports").exists()
+
+
+def test_several_missing_files_are_listed_in_one_error(toy_run):
+    Path("metrics/supervised.json").unlink()
+    Path("metrics/transfer/la-object-seed0.json").unlink()
+    with pytest.raises(UserError, match=r"2 files the report needs do not exist: metrics/supervised.json "
+                                        r"\(`dvc repro supervised`\); metrics/transfer/la-object-seed0.json "
+                                        r"\(`dvc repro transfer@la-object-0`\)"):
+        report.run(toy_run, out=Path("reports"))
+
+
+def _edit(path: str, fn) -> None:
+    data = json.loads(Path(path).read_text())
+    fn(data)
+    Path(path).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("path, edit, message", [
+    ("metrics/transfer/la-object-seed1.json", lambda d: d["linear"]["conv3"].pop("top5"),
+     "metrics/transfer/la-object-seed1.json: missing key linear.conv3.top5"),
+    ("metrics/pretrain_ia.json", lambda d: d.pop("final_loss"), "metrics/pretrain_ia.json: missing key final_loss"),
+    ("metrics/detection/ir-seed0.json", lambda d: d.update(AP="high"),
+     "metrics/detection/ir-seed0.json: AP should be a number, got 'high'"),
+    ("metrics/transfer/random-transfer-seed0.json", lambda d: d.update(dataset_name="places205"),
+     "metrics files of the same evaluation disagree on dataset or architecture"),
+])
+def test_malformed_metrics_name_the_file_and_key(toy_run, path, edit, message):
+    _edit(path, edit)
+    with pytest.raises(UserError) as err:
+        report.run(toy_run, out=Path("reports"))
+    assert str(err.value).startswith(message) and path in str(err.value)
+    assert not Path("reports").exists()
+
+
+def test_invalid_json_names_the_file(toy_run):
+    Path("metrics/transfer/la-object-seed0.json").write_text('{"model": "la",')
+    with pytest.raises(UserError, match=r"metrics/transfer/la-object-seed0.json is not valid JSON .*"
+                                        r"rerun `dvc repro transfer@la-object-0`"):
+        report.run(toy_run, out=Path("reports"))
+
+
+def test_bad_seed_list_is_a_user_error(toy_run):
+    toy_run.write_text(yaml.safe_dump({"transfer": {"seeds": [0, 0]}}))
+    with pytest.raises(UserError, match="transfer.seeds should be a non-empty list of distinct non-negative integers"):
+        report.run(toy_run, out=Path("reports"))
+
+
+def test_cli_missing_metrics_exits_2_with_one_line(toy_run):
+    Path("metrics/prepare.json").unlink()
+    result = CliRunner().invoke(app, ["report", "--params", str(toy_run)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.output.strip() == "error: metrics/prepare.json does not exist: run `dvc repro prepare`."
+
+
+def test_compare_table_from_dvc_exp_show(tmp_path):
+    written = report.compare(tmp_path / "params.yaml", exp_json=FIXTURE, out=tmp_path / "reports")
+    assert [p.name for p in written] == ["compare.md", "compare.csv"]
+    with (tmp_path / "reports" / "compare.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["name", "rev", "baseline", "pretrain_la.k", "pretrain_la.num_clusters",
+                             "pretrain_la.num_kmeans", "la_knn_top1", "la_object_conv5_top1",
+                             "la_transfer_conv5_top1", "la_detection_AP50"]
+    got = {(r["name"], r["rev"]): r for r in rows}
+    assert list(got) == [("workspace", "workspace"), ("main", "62b94c9"), ("k512", "207d87c"),
+                         ("clusters100", "c748692"), ("", "900b862")]
+    assert got[("k512", "207d87c")] == {
+        "name": "k512", "rev": "207d87c", "baseline": "62b94c9", "pretrain_la.k": "512",
+        "pretrain_la.num_clusters": "300", "pretrain_la.num_kmeans": "5", "la_knn_top1": "73",
+        "la_object_conv5_top1": "85.5", "la_transfer_conv5_top1": "90.5", "la_detection_AP50": "45"}
+    assert got[("clusters100", "c748692")]["la_knn_top1"] == "71"
+    assert got[("", "900b862")]["pretrain_la.num_clusters"] == "200"
+    md = (tmp_path / "reports" / "compare.md").read_text()
+    assert "| k512 | 207d87c | 62b94c9 | 512 | 300 | 5 | 73.00 | 85.50 | 90.50 | 45.00 |" in md
+    assert "LA conv5 top-1, object set" in md and "transfer.seeds" not in md
+
+
+def test_compare_without_experiments_or_outside_a_dvc_repo_is_a_user_error(tmp_path, monkeypatch):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(UserError, match="no DVC experiments to compare"):
+        report.compare(tmp_path / "params.yaml", exp_json=empty, out=tmp_path)
+    with pytest.raises(UserError, match="not inside of a DVC repository"):
+        report.compare(tmp_path / "params.yaml", out=tmp_path)
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    monkeypatch.setattr(report.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="dvc is not installed"):
+        report.compare(tmp_path / "params.yaml", out=tmp_path)
