@@ -100,7 +100,7 @@ def random_init(params: Path = ParamsOption) -> None:
 def transfer(
     model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="object (ImageNet's role) | transfer (Places205's role)"),
-    seed: int = typer.Option(0, "--seed", "-s", help="readout seed (one of transfer.seeds in the DVC matrix)"),
+    seed: int = typer.Option(0, "--seed", "-s", min=0, help="readout seed (one of transfer.seeds)"),
     params: Path = ParamsOption,
 ) -> None:
     """Per-layer linear readout (conv1..conv5) and kNN of one model on one dataset (stage
@@ -119,7 +119,7 @@ def transfer(
 @user_errors
 def detection(
     model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
-    seed: int = typer.Option(0, "--seed", "-s", help="fine-tuning seed (one of detection.seeds in the DVC matrix)"),
+    seed: int = typer.Option(0, "--seed", "-s", min=0, help="fine-tuning seed (one of detection.seeds)"),
     resume: bool = typer.Option(True, help="continue from checkpoints/detection/<model>-seed<s> when it exists"),
     params: Path = ParamsOption,
 ) -> None:

@@ -1,4 +1,5 @@
-"""What every stage command shares: the --params option, user-error handling and the cost record."""
+"""What every stage command shares: the --params option, user-error handling, dvclive curves and
+the cost record."""
 
 from __future__ import annotations
 
@@ -44,13 +45,13 @@ def measure_cost() -> Iterator[dict]:
     wall_seconds   wall-clock time of the block
     peak_rss_mb    peak resident memory of this process or of its largest waited-for child
                    (ru_maxrss; covers what ran before the block too, e.g. imports)
-    peak_gpu_mb    torch.cuda.max_memory_allocated on this process's device, or None
+    peak_gpu_mb    torch.cuda.max_memory_allocated on this process's device, or None when this
+                   process did not use CUDA (no GPU, or the work ran in child processes)
     """
     cost: dict = {}
     torch = sys.modules.get("torch")
-    cuda = torch is not None and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()  # never the first CUDA call: that would create a context
     start = time.perf_counter()
     yield cost
     cost["wall_seconds"] = round(time.perf_counter() - start, 2)
@@ -59,3 +60,32 @@ def measure_cost() -> Iterator[dict]:
     torch = sys.modules.get("torch")
     cost["peak_gpu_mb"] = (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                            if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+
+
+class DvcLiveLogger:
+    """Curves to dvclive (rank 0 only): plots under <live_dir>/plots/metrics, one TSV per key.
+
+    `log_epoch(step, metrics)` (pretraining, readout: per epoch) and `log_step` (detection:
+    per logging period) record `metrics` at x = step. The dvclive run opens at the first
+    record, so a logger can be pickled into worker processes before it is used.
+    """
+
+    def __init__(self, live_dir: Path):
+        self.live_dir = Path(live_dir)
+        self.live = None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.live is None:
+            from dvclive import Live
+
+            self.live = Live(dir=str(self.live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
+        self.live.step = epoch
+        for key, value in metrics.items():
+            self.live.log_metric(key, float(value), plot=True)
+        self.live.next_step()
+
+    log_step = log_epoch
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()

@@ -2,41 +2,47 @@
 detection set from each model's backbone, tested with the VOC metric.
 
 For model in {la, ir, random, supervised} (models/<model>.pt) and seed in detection.seeds,
-with the `model`, `augment` (mean/std: the input normalisation of pretraining) and
-`detection` sections and the manifest from `prepare`:
+with the `augment` (mean/std: the input normalisation of pretraining) and `detection`
+sections and the manifest from `prepare`:
 
     checkpoints/detection/<model>-seed<s>/       converted backbone (backbone.pkl), Detectron2
-                                                 checkpoint (resumable; persist: true), identity
+                                                 checkpoint (resumable; persist: true), identity,
+                                                 curve.jsonl (the logged curve, replayed on resume)
     metrics/detection/<model>-seed<s>.json       AP50, AP, AP75 (percent), schedule, cost
     dvclive/detection/<model>-seed<s>/           loss curve (total and per loss), lr, test APs
 
-A checkpoint is resumed only when it was written for the same Detectron2 config and the same
-backbone weights (`identity.json`); otherwise the folder is cleared and training starts over.
-With `num_gpus` > 1 the training runs in one process per GPU through Detectron2's launcher.
+A checkpoint is resumed only when it was written for the same training config, backbone
+weights, detection set (the manifest's content hashes) and detection code (`identity.json`);
+otherwise the folder is cleared and training starts over. Output folder, loader workers and
+checkpoint/test periods are not part of the identity. With `num_gpus` > 1 the training runs in
+one process per GPU through Detectron2's launcher.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
 from localagg.errors import UserError
-from localagg.io import read_json, write_json
+from localagg.io import file_sha256, read_json, write_json
 
-from .common import err_console, measure_cost
+from .common import DvcLiveLogger, err_console, measure_cost
 from .params import load_section
-from .prepare import read_detection_manifest
-from .paths import MODELS, STAGE_OF_MODEL, detection_cell, detection_metrics_path, model_path
-from .pretrain import DvcLiveLogger
+from .paths import DETECTION_MANIFEST, MODELS, STAGE_OF_MODEL, detection_cell, detection_metrics_path, model_path
 
 DATASET_PREFIX = "localagg_detection"  # Detectron2 catalog names: <prefix>_<year>_<split>
 IDENTITY = "identity.json"
+CURVE = "curve.jsonl"
+PAPER_TRAINVAL = [["VOC2007", "trainval"], ["VOC2012", "trainval"]]
 
 
 def dataset_name(manifest: dict) -> str:
-    """"voc07" for real VOC tested on VOC2007 test (the paper's benchmark), else the manifest's name."""
-    if manifest["name"] == "voc" and [list(s) for s in manifest["splits"]["test"]] == [["VOC2007", "test"]]:
+    """"voc07" for the paper's benchmark (real VOC, trained on VOC07+12 trainval, tested on
+    VOC2007 test), else the manifest's name ("voc" for other VOC splits)."""
+    splits = {k: [list(s) for s in v] for k, v in manifest["splits"].items()}
+    if manifest["name"] == "voc" and splits["test"] == [["VOC2007", "test"]] and splits["trainval"] == PAPER_TRAINVAL:
         return "voc07"
     return manifest["name"]
 
@@ -44,52 +50,114 @@ def dataset_name(manifest: dict) -> str:
 def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; expected one of: {', '.join(MODELS)}.")
-    load_section(params, "model")  # the whole file must be valid before compute is spent
     aug = load_section(params, "augment")
-    p = load_section(params, "detection")
-    det_cfg = p.for_seed(seed)
+    det_cfg = load_section(params, "detection").for_seed(seed)
     ckpt = model_path(model)
     if not ckpt.is_file():
         raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
-    manifest = read_detection_manifest()
+    from localagg.data.voc import read_voc_manifest
+
+    manifest = read_voc_manifest(DETECTION_MANIFEST)
     if det_cfg.device == "cuda":
         _check_gpus(det_cfg.num_gpus)
 
-    from localagg.detection import build_cfg, convert_to_detectron2, launch_training, register_voc_manifest
-    from localagg.detection import save_detectron2_pkl
+    import localagg.detection as det
     from localagg.training.checkpoint import load_export
 
     export = load_export(ckpt)
-    converted = convert_to_detectron2(export["model"], export["model_meta"])  # non-ResNet: clear error
+    converted = det.convert_to_detectron2(export["model"], export["model_meta"])  # non-ResNet: clear error
     arch = export["model_meta"]["arch"]
-    train_names, test_names = register_voc_manifest(manifest, DATASET_PREFIX)  # checks folders and classes
+    train_names, test_names = det.register_voc_manifest(manifest, DATASET_PREFIX)  # checks folders and classes
 
     name = detection_cell(model, seed)
     out_dir = Path("checkpoints") / "detection" / name
     # the backbone sees inputs normalised as in pretraining (augment.mean/std, in 0-255 units)
-    cfg = build_cfg(det_cfg, arch, len(manifest["classes"]), train_names, test_names, out_dir.resolve(),
-                    pixel_mean=[255.0 * v for v in aug.mean], pixel_std=[255.0 * v for v in aug.std])
-    identity = {"config": hashlib.sha256(cfg.dump().encode()).hexdigest(), "backbone": _sha256(ckpt)}
-    if out_dir.is_dir() and (not resume or _read_identity(out_dir) != identity):
+    cfg = det.build_cfg(det_cfg, arch, len(manifest["classes"]), train_names, test_names, out_dir.resolve(),
+                        pixel_mean=[255.0 * v for v in aug.mean], pixel_std=[255.0 * v for v in aug.std])
+    identity = _identity(cfg, ckpt, manifest)
+    if out_dir.is_dir() and (not resume or _read_json_or_none(out_dir / IDENTITY) != identity):
         if any(out_dir.glob("*.pth")):
-            err_console.print(f"{out_dir}: checkpoint of other params or weights (or --no-resume); starting over")
+            err_console.print(f"{out_dir}: checkpoint of other params, weights, data or code (or --no-resume); "
+                              "starting over")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / IDENTITY, identity)
     pkl = out_dir / "backbone.pkl"
-    save_detectron2_pkl(converted, pkl)
+    det.save_detectron2_pkl(converted, pkl)
 
-    logger = DvcLiveLogger(Path("dvclive") / "detection" / name)
+    logger = CurveLogger(out_dir / CURVE, DvcLiveLogger(Path("dvclive") / "detection" / name))
+    done = _checkpoint_iteration(out_dir, det_cfg.max_iter)
+    logger.replay(upto=done, final=done == det_cfg.max_iter)
     with measure_cost() as cost:
-        aps = launch_training(det_cfg.num_gpus, manifest, DATASET_PREFIX, cfg, pkl, resume=resume,
-                              logger=logger, log_period=det_cfg.log_period)
+        aps = det.launch_training(det_cfg.num_gpus, manifest, DATASET_PREFIX, cfg, pkl, resume=resume,
+                                  logger=logger, log_period=det_cfg.log_period)
     logger.close()
+    if not all(k in aps for k in ("AP50", "AP", "AP75")):
+        raise UserError(f"the VOC evaluator returned no box APs on {test_names[0]} ({aps}); "
+                        "check that the test split has annotated objects.")
     metrics = {"model": model, "seed": seed, "arch": arch, "dataset_name": dataset_name(manifest),
                **{k: aps[k] for k in ("AP50", "AP", "AP75")},
                "max_iter": det_cfg.max_iter, "ims_per_batch": det_cfg.ims_per_batch, "num_gpus": det_cfg.num_gpus,
                "cost": cost}
     write_json(detection_metrics_path(model, seed), metrics)
     return metrics
+
+
+class CurveLogger:
+    """Appends every logged record to a JSON-lines file in the checkpoint folder and forwards it
+    to dvclive; `replay` re-sends the records a resumed run already logged, so the curve stays
+    whole. Picklable before use (records are written by rank 0 of a launch)."""
+
+    def __init__(self, path: Path, live: DvcLiveLogger):
+        self.path, self.live = Path(path), live
+
+    def replay(self, upto: int, final: bool) -> None:
+        """Forward the saved records with step <= `upto` (the resumed checkpoint's) and drop the
+        rest; when the checkpoint is the final one, also its test APs, which the resumed run
+        measures again."""
+        if not self.path.is_file():
+            return
+        kept = [r for r in map(json.loads, self.path.read_text().splitlines())
+                if r["step"] < upto or (r["step"] == upto and not (final and "AP50" in r["metrics"]))]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        for r in kept:
+            self.live.log_step(r["step"], r["metrics"])
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+        self.live.log_step(step, metrics)
+
+    def close(self) -> None:
+        self.live.close()
+
+
+def _identity(cfg, ckpt: Path, manifest: dict) -> dict:
+    """What the trained detector depends on: config (less output folder, workers, periods),
+    backbone file, detection set (manifest content, hashes included) and detection code."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR, cfg.DATALOADER.NUM_WORKERS, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD = "", 0, 0, 0
+    code = hashlib.sha256()
+    import localagg.detection
+
+    for path in sorted(Path(localagg.detection.__file__).parent.glob("*.py")) + [Path(__file__)]:
+        code.update(path.read_bytes())
+    data = {k: v for k, v in manifest.items() if k != "root"}
+    return {"config": hashlib.sha256(cfg.dump().encode()).hexdigest(), "backbone": file_sha256(ckpt),
+            "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+            "code": code.hexdigest()}
+
+
+def _checkpoint_iteration(out_dir: Path, max_iter: int) -> int:
+    """The last iteration the checkpoint in `out_dir` holds (0 when there is none)."""
+    last = out_dir / "last_checkpoint"
+    if not last.is_file():
+        return 0
+    stem = Path(last.read_text().strip()).stem
+    if stem == "model_final":
+        return max_iter
+    return int(stem.rsplit("_", 1)[-1]) if stem.rsplit("_", 1)[-1].isdigit() else 0
 
 
 def _check_gpus(wanted: int) -> None:
@@ -103,16 +171,8 @@ def _check_gpus(wanted: int) -> None:
         )
 
 
-def _read_identity(out_dir: Path) -> dict | None:
+def _read_json_or_none(path: Path) -> dict | None:
     try:
-        return read_json(out_dir / IDENTITY)
+        return read_json(path)
     except (OSError, ValueError):
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Type, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from localagg.data.augment import AugmentSpec
 from localagg.detection.protocol import DetectionConfig
@@ -131,7 +131,7 @@ class TransferParams(Section):
     `seed` key is replaced by it); kNN is deterministic, so seeds vary the readout only.
     """
 
-    seeds: list[int] = _seeds_field("transfer")
+    seeds: list[StrictInt] = _seeds_field("transfer")
     object: LinearReadoutConfig
     transfer: LinearReadoutConfig
     knn: KnnParams = KnnParams()
@@ -149,7 +149,7 @@ class TransferParams(Section):
 class DetectionParams(DetectionConfig):
     """The detection fine-tuning protocol (`DetectionConfig`) and the seeds to run it with."""
 
-    seeds: list[int] = _seeds_field("detection")
+    seeds: list[StrictInt] = _seeds_field("detection")
 
     _check_seeds = field_validator("seeds")(_unique_seeds)
 
@@ -160,7 +160,15 @@ class DetectionParams(DetectionConfig):
         return self
 
     def for_seed(self, seed: int) -> DetectionConfig:
+        """The protocol of the cell with `seed`, which must be one of `seeds`."""
+        check_seed("detection", seed, self.seeds)
         return DetectionConfig(**self.model_dump(exclude={"seeds", "seed"}), seed=seed)
+
+
+def check_seed(section: str, seed: int, seeds: list[int]) -> None:
+    """A cell's seed must be listed in `<section>.seeds`, or the report would not find its metrics."""
+    if seed not in seeds:
+        raise UserError(f"seed {seed} is not in {section}.seeds {seeds}; add it there (the DVC matrix runs one cell per seed).")
 
 
 # --------------------------------------------------------------------------- loading

@@ -10,6 +10,9 @@ DATASETS = ("object", "transfer")                        # the readout datasets 
 STAGE_OF_MODEL = {"la": "pretrain_la", "ir": "pretrain_ia", "random": "random_init", "supervised": "supervised"}
 
 
+DETECTION_MANIFEST = Path("data/prepared/detection/detection.json")  # written by `prepare`
+
+
 def model_path(name: str) -> Path:
     """The exported weights of model `name` (la, ir, random, supervised)."""
     return Path("models") / f"{name}.pt"

@@ -20,7 +20,7 @@ import numpy as np
 from localagg.data import embedded
 from localagg.data.manifest import DatasetInfo, read_arrays_split, read_files_split, write_arrays_dataset
 from localagg.errors import UserError
-from localagg.io import atomic_path, read_json, write_json
+from localagg.io import atomic_path, write_json
 
 from .common import measure_cost
 from .params import DetectionSet, ObjectSet, PrepareParams, TransferSet
@@ -152,11 +152,3 @@ def run(p: PrepareParams) -> dict:
     return metrics
 
 
-def read_detection_manifest(detection_dir: Path = DETECTION_DIR) -> dict:
-    """The detection manifest with its root made absolute (relative roots are beside it)."""
-    path = Path(detection_dir) / DETECTION_MANIFEST
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: run the `prepare` stage first (`dvc repro prepare`).")
-    manifest = read_json(path)
-    manifest["root"] = str((path.parent / manifest["root"]).resolve())
-    return manifest

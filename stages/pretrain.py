@@ -23,7 +23,7 @@ from pathlib import Path
 from localagg.errors import UserError
 from localagg.io import write_json
 
-from .common import measure_cost
+from .common import DvcLiveLogger, measure_cost
 from .paths import model_path
 from .params import load_section
 
@@ -40,35 +40,6 @@ def paths(stage: str) -> dict[str, Path]:
         "metrics": Path("metrics") / f"{stage}.json",
         "live": Path("dvclive") / stage,
     }
-
-
-class DvcLiveLogger:
-    """Curves to dvclive (rank 0 only): plots under <live_dir>/plots/metrics, one TSV per key.
-
-    `log_epoch(step, metrics)` (pretraining, readout: per epoch) and `log_step` (detection:
-    per logging period) record `metrics` at x = step. The dvclive run opens at the first
-    record, so a logger can be pickled into worker processes before it is used.
-    """
-
-    def __init__(self, live_dir: Path):
-        self.live_dir = Path(live_dir)
-        self.live = None
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        if self.live is None:
-            from dvclive import Live
-
-            self.live = Live(dir=str(self.live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
-        self.live.step = epoch
-        for key, value in metrics.items():
-            self.live.log_metric(key, float(value), plot=True)
-        self.live.next_step()
-
-    log_step = log_epoch
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.end()
 
 
 def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
@@ -103,7 +74,9 @@ def run(stage: str, params: Path) -> dict:
         trainer.export(p["model"])
     if trainer.dist.is_main:
         # train_seconds: the epochs' time summed over every run that built this model (resumes included)
-        cost["train_seconds"] = round(sum(row.get("epoch_seconds", 0.0) for row in result.history), 2)
+        # (None when a checkpoint from before this record existed; a resumed epoch counts from the resume)
+        timed = [row.get("epoch_seconds") for row in result.history]
+        cost["train_seconds"] = round(sum(timed), 2) if None not in timed else None
         write_json(p["metrics"], {**result.summary, "cost": cost})
         logger.close()
     return result.summary

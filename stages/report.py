@@ -36,9 +36,9 @@ from localagg.report.markdown import render
 from localagg.report.results import MODELS, ROLES, Record, RunMetrics, aggregate, csv_text
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
-from .paths import detection_metrics_path, transfer_metrics_path
+from .paths import STAGE_OF_MODEL, detection_metrics_path, transfer_metrics_path
 
-PRETRAIN_STAGES = {"ir": "pretrain_ia", "la": "pretrain_la", "supervised": "supervised"}
+PRETRAIN_STAGES = {m: s for m, s in STAGE_OF_MODEL.items() if m != "random"}  # models with pretraining metrics
 CURVE_MODELS = ("ir", "la")
 CURVES = ("loss", "knn_top1")
 FIGURES = {"readout": "figures/readout.png", "pretraining": "figures/pretraining.png",
@@ -59,10 +59,10 @@ SWEEP_METRICS = {
         "LA kNN top-1 (end of pretraining)", "metrics/pretrain_la.json",
         r"metrics/pretrain_la\.json", ("final_knn_top1",)),
     "la_object_conv5_top1": SweepMetric(
-        "LA conv5 top-1, object set", "metrics/transfer/la-object-seed<s>.json",
+        "LA conv5 top-1 (centre crop), object set", "metrics/transfer/la-object-seed<s>.json",
         r"metrics/transfer/la-object(-seed\d+)?\.json", ("linear", "conv5", "top1")),
     "la_transfer_conv5_top1": SweepMetric(
-        "LA conv5 top-1, transfer set", "metrics/transfer/la-transfer-seed<s>.json",
+        "LA conv5 top-1 (centre crop), transfer set", "metrics/transfer/la-transfer-seed<s>.json",
         r"metrics/transfer/la-transfer(-seed\d+)?\.json", ("linear", "conv5", "top1")),
     "la_detection_AP50": SweepMetric(
         "LA detection AP50", "metrics/detection/la-seed<s>.json",

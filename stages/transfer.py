@@ -16,11 +16,10 @@ from pathlib import Path
 from localagg.errors import UserError
 from localagg.io import read_json, write_json
 
-from .common import measure_cost
-from .params import load_section
+from .common import DvcLiveLogger, measure_cost
+from .params import check_seed, load_section
 from .paths import DATASETS as DATASET_NAMES
 from .paths import MODELS, STAGE_OF_MODEL, model_path, transfer_cell, transfer_metrics_path
-from .pretrain import DvcLiveLogger
 
 DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
 
@@ -36,6 +35,7 @@ def run(model: str, dataset: str, params: Path, seed: int = 0) -> dict:
     model_cfg = load_section(params, "model")
     aug = load_section(params, "augment")
     p = load_section(params, "transfer")
+    check_seed("transfer", seed, p.seeds)
     readout = getattr(p, dataset).model_copy(update={"seed": seed})
     ckpt = model_path(model)
     if not ckpt.is_file():

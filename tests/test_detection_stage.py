@@ -27,7 +27,7 @@ def workdir(tmp_path, monkeypatch):
     """A repository-like folder: params.yaml, models/la.pt, data/prepared/detection (tiny VOC)."""
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["detection"].update(max_iter=4, steps=[], warmup_iters=2)
+    params["detection"].update(max_iter=4, steps=[], warmup_iters=2, seeds=[0, 3])
     Path("params.yaml").write_text(yaml.safe_dump(params))
     root = Path("data/prepared/detection/VOCdevkit")
     rng = np.random.default_rng(0)
@@ -55,11 +55,18 @@ class FakeLaunch:
 
     def __call__(self, num_gpus, manifest, prefix, cfg, weights_pkl, resume, logger, log_period):
         out = Path(cfg.OUTPUT_DIR)
-        self.calls.append({"resume": resume, "had_checkpoint": (out / "model_final.pth").is_file(),
+        had = (out / "model_final.pth").is_file()
+        self.calls.append({"resume": resume, "had_checkpoint": had,
                            "pkl": Path(weights_pkl).is_file(), "mean": list(cfg.MODEL.PIXEL_MEAN),
                            "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT, "seed": cfg.SEED})
+        aps = {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
+        if not had:  # as train_detector: a finished checkpoint is only tested again
+            logger.log_step(2, {"total_loss": 1.5})
+            logger.log_step(4, {"total_loss": 1.0})
+        logger.log_step(4, aps)
         (out / "model_final.pth").write_bytes(b"checkpoint")
-        return {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
+        (out / "last_checkpoint").write_text("model_final.pth")
+        return aps
 
 
 def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monkeypatch):
@@ -79,6 +86,11 @@ def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monke
 
     stage.run("la", 3, Path("params.yaml"))  # same weights and config: the checkpoint is kept
     assert fake.calls[-1]["had_checkpoint"] is True
+    # the curve of the first run is replayed, its final APs replaced by the new test's: no duplicates
+    curve = [json.loads(line) for line in Path("checkpoints/detection/la-seed3/curve.jsonl").read_text().splitlines()]
+    assert [(r["step"], sorted(r["metrics"])) for r in curve] == [
+        (2, ["total_loss"]), (4, ["total_loss"]), (4, ["AP", "AP50", "AP75"])]
+    assert Path("dvclive/detection/la-seed3/plots/metrics/total_loss.tsv").read_text().count("\n") == 3  # header + 2
 
     _export(seed=1)  # other weights under the same name: start over
     stage.run("la", 3, Path("params.yaml"))
@@ -94,6 +106,16 @@ def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monke
     assert fake.calls[-1]["had_checkpoint"] is False
 
 
+def test_a_seed_outside_the_seed_list_is_refused(workdir, monkeypatch):
+    from localagg.errors import UserError
+
+    fake = FakeLaunch()
+    monkeypatch.setattr("localagg.detection.train.launch_training", fake)
+    with pytest.raises(UserError, match=r"seed 7 is not in detection.seeds \[0, 3\]"):
+        stage.run("la", 7, Path("params.yaml"))
+    assert fake.calls == []
+
+
 def test_a_non_resnet_stem_stops_before_training(workdir, monkeypatch):
     fake = FakeLaunch()
     monkeypatch.setattr("localagg.detection.train.launch_training", fake)
@@ -106,7 +128,9 @@ def test_a_non_resnet_stem_stops_before_training(workdir, monkeypatch):
 
 
 def test_dataset_name_marks_the_papers_benchmark():
-    voc07 = {"name": "voc", "splits": {"test": [["VOC2007", "test"]]}}
-    assert stage.dataset_name(voc07) == "voc07"
-    assert stage.dataset_name({"name": "voc", "splits": {"test": [["VOC2012", "val"]]}}) == "voc"
-    assert stage.dataset_name({"name": "synthetic_voc", "splits": {"test": [["VOC2007", "test"]]}}) == "synthetic_voc"
+    paper = {"trainval": [("VOC2007", "trainval"), ("VOC2012", "trainval")], "test": [("VOC2007", "test")]}
+    assert stage.dataset_name({"name": "voc", "splits": paper}) == "voc07"
+    only07 = {**paper, "trainval": [("VOC2007", "trainval")]}
+    assert stage.dataset_name({"name": "voc", "splits": only07}) == "voc"  # another training set
+    assert stage.dataset_name({"name": "voc", "splits": {**paper, "test": [("VOC2012", "val")]}}) == "voc"
+    assert stage.dataset_name({"name": "synthetic_voc", "splits": paper}) == "synthetic_voc"

@@ -117,13 +117,13 @@ def test_results_md_says_not_comparable_and_shows_mean_std_n(toy_run):
     cells = [c.strip() for c in headline.strip("|").split("|")]
     assert cells == ["ImageNet linear top-1, conv5, 10-crop", "60.2", "59.50 ± 0.71 (n=2) (fashion_mnist, resnet18: "
                      "not comparable)", "", "54.0", "49.50 ± 0.71 (n=2) (fashion_mnist, resnet18: not comparable)", ""]
-    for label in ("ImageNet linear top-1, conv5, centre crop", "Places205 linear top-1, conv5",
+    for label in ("ImageNet linear top-1, conv5, centre crop", "Places205 linear top-1, conv5, 10-crop",
                   "VOC07 test detection AP50"):
         assert f"| {label} |" in md
     assert "| layer | crop | la (n=2) | ir (n=2) | random (n=2) | supervised (n=2) |" in md
     assert "| conv5 | 10-crop | 59.50 ± 0.71 | 49.50 ± 0.71 | 19.50 ± 0.71 | 79.50 ± 0.71 |" in md
     assert "| la | 1 | 60.00 | 30.00 | 15.00 |" in md  # detection, one seed: no ± std
-    assert "| `pretrain_la` | `metrics/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | no GPU |" in md
+    assert "| `pretrain_la` | `metrics/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | n/a |" in md
     assert "| `pretrain_ia` | `metrics/pretrain_ia.json` | n/a | n/a | n/a | n/a |" in md
     assert "| cluster NMI with the labels | 0.4475 |" in md
     assert "Source: `metrics/transfer/{la,ir,random,supervised}-object-{seed0,seed1}.json`." in md
@@ -264,7 +264,7 @@ def test_compare_table_from_dvc_exp_show(tmp_path):
     assert got[("", "900b862")]["pretrain_la.num_clusters"] == "200"
     md = (tmp_path / "reports" / "compare.md").read_text()
     assert "| k512 | 207d87c | 62b94c9 | 512 | 300 | 5 | 73.00 | 85.50 | 90.50 | 45.00 |" in md
-    assert "LA conv5 top-1, object set" in md and "transfer.seeds" not in md
+    assert "LA conv5 top-1 (centre crop), object set" in md and "transfer.seeds" not in md
 
 
 def test_compare_without_experiments_or_outside_a_dvc_repo_is_a_user_error(tmp_path, monkeypatch):

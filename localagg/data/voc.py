@@ -23,6 +23,7 @@ stage reads to register each (year, split) with Detectron2's `register_pascal_vo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -313,6 +314,17 @@ def _check_annotation(ann: VocAnnotation, xml_path: Path, known: set[str], class
 
 
 # --------------------------------------------------------------------------- manifest
+
+
+def read_voc_manifest(path: str | os.PathLike) -> dict:
+    """A manifest written by `prepare_voc`, with its root made absolute (a relative root is
+    relative to the manifest's folder); a missing file is a `UserError` naming the stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run the `prepare` stage first (`dvc repro prepare`).")
+    manifest = json.loads(path.read_text())
+    manifest["root"] = str((path.parent / manifest["root"]).resolve())
+    return manifest
 
 
 def prepare_voc(

@@ -221,7 +221,7 @@ def cost(m: RunMetrics) -> str:
         rows.append([f"`{r.stage}`", f"`{r.path}`", _duration(r.number("cost", "wall_seconds")),
                      "" if train is None else _duration(r.number("cost", "train_seconds")),
                      f"{r.number('cost', 'peak_rss_mb'):,.0f} MB",
-                     "no GPU" if gpu is None else f"{r.number('cost', 'peak_gpu_mb'):,.0f} MB"])
+                     "n/a" if gpu is None else f"{r.number('cost', 'peak_gpu_mb'):,.0f} MB"])
     return ("## Cost\n\n" + table(["stage", "metrics file", "wall time (this run)", "training time (all runs)",
                                     "peak RSS", "peak GPU memory"], rows)
             + "\n\nSource: the `cost` key of each metrics file listed. Training time is the pretraining epochs' "

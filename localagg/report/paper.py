@@ -36,7 +36,7 @@ PUBLISHED: dict[tuple[str, str, str, str, str], float] = {
 HEADLINE = (
     ("ImageNet linear top-1, conv5, 10-crop", "object", "linear", "conv5", "top1_10crop"),
     ("ImageNet linear top-1, conv5, centre crop", "object", "linear", "conv5", "top1"),
-    ("Places205 linear top-1, conv5", "transfer", "linear", "conv5", "top1_10crop"),
+    ("Places205 linear top-1, conv5, 10-crop", "transfer", "linear", "conv5", "top1_10crop"),
     ("VOC07 test detection AP50", "detection", "detection", "", "AP50"),
 )
 

@@ -40,6 +40,7 @@ from ..data import augment
 from ..data.datasets import ArrayImages, open_split
 from ..data.manifest import read_info
 from ..errors import UserError
+from ..io import file_sha256
 from ..evaluation.knn import knn_top1
 from ..memory_bank import MemoryBank
 from ..models.backbone import EmbeddingNet, build_model, check_meta, set_bn_groups
@@ -99,11 +100,7 @@ def _fingerprint(obj: Any) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
