@@ -127,6 +127,14 @@ def test_a_non_resnet_stem_stops_before_training(workdir, monkeypatch):
     assert fake.calls == [] and not Path("checkpoints").exists()
 
 
+def test_params_yaml_detection_section_is_the_cpu_default():
+    from localagg.detection import DetectionConfig
+    from stages.params import load_section
+
+    section = load_section(REPO / "params.yaml", "detection")
+    assert section.for_seed(0) == DetectionConfig.cpu_default()
+
+
 def test_dataset_name_marks_the_papers_benchmark():
     paper = {"trainval": [("VOC2007", "trainval"), ("VOC2012", "trainval")], "test": [("VOC2007", "test")]}
     assert stage.dataset_name({"name": "voc", "splits": paper}) == "voc07"

@@ -14,7 +14,7 @@ from localagg.errors import UserError
 from localagg.training import checkpoint as ckpt
 from localagg.training.config import IRConfig, LAConfig, ModelConfig
 from localagg.training.distributed import DistInfo
-from localagg.training.pretrain import Pretrainer, lr_at, param_groups
+from localagg.training.pretrain import Pretrainer, param_groups
 
 from .conftest import make_arrays_dataset
 
@@ -43,7 +43,7 @@ def _same_state(a: dict, b: dict, atol=0.0):
 
 def test_lr_schedule_and_weight_decay_groups():
     cfg = ir_cfg(epochs=10, lr_drops=[4, 8])
-    assert [lr_at(cfg, e) for e in (0, 3, 4, 7, 8, 9)] == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005])
+    assert [cfg.lr_at(e) for e in (0, 3, 4, 7, 8, 9)] == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005])
     from localagg.models import build_model
 
     model = build_model("resnet18", "imagenet", 16)

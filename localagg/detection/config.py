@@ -4,9 +4,10 @@ Faster R-CNN with a ResNet C4 backbone (la-method.md, "Detection protocol"): ste
 res2..res4 are the backbone, res5 runs per region in the ROI head. The community standard
 for self-supervised backbones (MoCo, VISSL) is the class default: 24k iterations, batch 16,
 lr 0.02 with steps at 18k and 22k, multi-scale training 480..800, test 800, SyncBN in the
-backbone and the res5 head, an extra norm after res5, FREEZE_AT 0, RGB input with
-torchvision's mean/std (0-255 units), STRIDE_IN_1X1 False, precise BN before testing.
-`DetectionConfig.cpu_default()` is the tiny run for the embedded 128 px set on a laptop CPU.
+backbone and the res5 head, an extra norm after res5, FREEZE_AT 0, RGB input normalised
+with the backbone's pretraining mean/std (0-255 units; torchvision's by default),
+STRIDE_IN_1X1 False, precise BN before testing. `DetectionConfig.cpu_default()` is the tiny
+run for the embedded 128 px set on a laptop CPU.
 
 `LocalAggRes5ROIHeads` is Detectron2's `Res5ROIHeads` with two additions: res5 built from
 `BasicBlock` for ResNet-18/34 (Detectron2 builds it from `BottleneckBlock` only) and the

@@ -58,6 +58,7 @@ from ..data import augment
 from ..data.augment import AugmentSpec, step_generator
 from ..models.backbone import READOUT_LAYERS, EmbeddingNet
 from ..progress import track
+from ..training.config import StepSchedule
 from ..training.distributed import pick_device
 from .crops import center_crop, random_crop, resize_shorter, ten_crop
 
@@ -69,7 +70,7 @@ class EpochLogger(Protocol):
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
 
-class LinearReadoutConfig(BaseModel):
+class LinearReadoutConfig(StepSchedule, BaseModel):
     """The readout recipe (la-method.md: SGD 0.9, lr 0.01, batch 128, wd 1e-4, drops x0.1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -99,8 +100,7 @@ class LinearReadoutConfig(BaseModel):
     def _check(self):
         if not self.layers or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"layers must be a non-empty list without repeats, got {self.layers}")
-        if sorted(self.lr_drops) != list(self.lr_drops) or any(not 0 < e < self.epochs for e in self.lr_drops):
-            raise ValueError(f"lr_drops must be increasing epochs inside (0, epochs={self.epochs}), got {self.lr_drops}")
+        self.check_lr_drops()
         if self.resize < self.crop_size:
             raise ValueError(f"eval_resize {self.resize} is smaller than crop_size {self.crop_size}")
         if self.cache_features and self.train_augment != "none":
@@ -111,9 +111,6 @@ class LinearReadoutConfig(BaseModel):
     def resize(self) -> int:
         """The shorter side images are resized to before cropping."""
         return self.eval_resize if self.eval_resize is not None else round(self.crop_size * 256 / 224)
-
-    def lr_at(self, epoch: int) -> float:
-        return self.lr * self.lr_gamma ** sum(epoch >= d for d in self.lr_drops)
 
 
 def pool_side(channels: int, target: int) -> int:

@@ -15,13 +15,27 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StepSchedule:
+    """The step learning-rate schedule of a config with fields `epochs`, `lr`, `lr_drops` and
+    `lr_gamma` (pretraining here, the linear readout in evaluation.linear)."""
+
+    def lr_at(self, epoch: int) -> float:
+        """lr * lr_gamma^(number of drops at or before `epoch`)."""
+        return self.lr * self.lr_gamma ** sum(epoch >= d for d in self.lr_drops)
+
+    def check_lr_drops(self) -> None:
+        """Raise ValueError unless lr_drops are increasing epochs inside (0, epochs)."""
+        if sorted(self.lr_drops) != list(self.lr_drops) or any(not 0 < e < self.epochs for e in self.lr_drops):
+            raise ValueError(f"lr_drops must be increasing epochs inside (0, epochs={self.epochs}), got {self.lr_drops}")
+
+
 class ModelConfig(_Config):
     arch: Literal["resnet18", "resnet50"] = "resnet18"
     stem: Literal["imagenet", "small"] = Field("imagenet", description="imagenet: 7x7/2 + max-pool; small: 3x3/1, no pool")
     embedding_dim: int = Field(128, ge=2)
 
 
-class TrainingConfig(_Config):
+class TrainingConfig(StepSchedule, _Config):
     """What IR and LA pretraining share (la-method.md: SGD 0.9, lr 0.03, batch 128, wd 1e-4)."""
 
     epochs: int = Field(..., ge=1)
@@ -50,8 +64,7 @@ class TrainingConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self):
-        if sorted(self.lr_drops) != list(self.lr_drops) or any(not 0 < e < self.epochs for e in self.lr_drops):
-            raise ValueError(f"lr_drops must be increasing epochs inside (0, epochs={self.epochs}), got {self.lr_drops}")
+        self.check_lr_drops()
         if self.batch_size % (self.num_processes * self.bn_groups):
             raise ValueError(
                 f"batch_size {self.batch_size} must be divisible by num_processes x bn_groups = {self.num_processes * self.bn_groups}"

@@ -114,11 +114,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_at(cfg: TrainingConfig, epoch: int) -> float:
-    """Step schedule: lr * gamma^(number of drops at or before `epoch`)."""
-    return cfg.lr * cfg.lr_gamma ** sum(1 for d in cfg.lr_drops if epoch >= d)
-
-
 class _Batches:
     """Global-batch order for one epoch; each rank takes its contiguous slice of every batch."""
 
@@ -379,7 +374,7 @@ class Pretrainer:
         while s.epoch < cfg.epochs:
             epoch = s.epoch
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(cfg, epoch)
+                group["lr"] = cfg.lr_at(epoch)
             if s.step == 0:
                 s.loss_sum, s.epoch_stats = 0.0, (self._cluster() if self.kind == "la" else {})
             batches = _Batches(self.num_items, cfg, epoch, dist)
@@ -426,7 +421,7 @@ class Pretrainer:
             seconds = time.perf_counter() - t0
             local_mean = torch.tensor([(s.loss_sum + loss_sum.item()) / batches.steps], device=self.device)
             loss_mean = all_gather_cat(local_mean).mean().item()
-            metrics = {"loss": loss_mean, "lr": lr_at(cfg, epoch),
+            metrics = {"loss": loss_mean, "lr": cfg.lr_at(epoch),
                        "img_per_s": seen * cfg.batch_size / max(seconds, 1e-9), **s.epoch_stats}
             knn = self.knn_monitor() if dist.is_main else None
             if knn is not None:
