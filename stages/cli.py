@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from .common import ParamsOption, err_console, user_errors
+from .common import ParamsOption, err_console, stage_run, user_errors
 
 app = typer.Typer(
     name="localagg",
@@ -38,17 +38,20 @@ def prepare(params: Path = ParamsOption) -> None:
     from .params import load_section
 
     p = load_section(params, "prepare")
-    metrics = stage.run(p)
-    for role in ("object", "transfer", "detection"):
-        m = metrics[role]
-        splits = ", ".join(f"{s} {v['total'] if 'total' in v else v['images']}" for s, v in m.items() if isinstance(v, dict))
-        err_console.print(f"{role} set {m['name']}: {m['classes']} classes; {splits}")
+    with stage_run("prepare", "data/prepared and metrics/prepare.json"):
+        record = stage.run(p)
+    for role, splits in (("object", ("train", "val")), ("transfer", ("train", "val")), ("detection", ("trainval", "test"))):
+        m = record[role]
+        sizes = ", ".join(f"{s} {m[s]['total'] if 'total' in m[s] else m[s]['images']:,}" for s in splits)
+        err_console.print(f"{role} set {m['name']}: {m['classes']} classes; {sizes}")
 
 
 def _pretrain(stage: str, params: Path) -> None:
     from . import pretrain
 
-    summary = pretrain.run(stage, params)
+    model = pretrain.MODEL_NAMES[stage]
+    with stage_run(stage, f"models/{model}.pt and checkpoints/{stage}"):
+        summary = pretrain.run(stage, params)
     keys = ("knn_top1_init", "final_knn_top1", "final_loss")
     err_console.print(f"{stage}: " + ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary))
 
@@ -92,7 +95,8 @@ def random_init(params: Path = ParamsOption) -> None:
     """
     from . import pretrain
 
-    err_console.print(f"wrote {pretrain.write_random(params)}")
+    with stage_run("random_init", "models/random.pt"):
+        err_console.print(f"wrote {pretrain.write_random(params)}")
 
 
 @app.command()
@@ -108,8 +112,11 @@ def transfer(
     metrics/transfer/<model>-<dataset>-seed<s>.json.
     """
     from . import transfer as stage
+    from .paths import transfer_cell, transfer_metrics_path
 
-    m = stage.run(model, dataset, params, seed=seed)
+    cell = transfer_cell(model, dataset, seed)
+    with stage_run(f"transfer-{cell}", str(transfer_metrics_path(model, dataset, seed))):
+        m = stage.run(model, dataset, params, seed=seed)
     conv5 = m["linear"].get("conv5", {})
     err_console.print(f"transfer {model} on {dataset} (seed {seed}): conv5 top-1 {conv5.get('top1', float('nan')):.2f}, "
                       f"kNN embedding {m['knn']['embedding']:.2f}, conv5 {m['knn']['conv5']:.2f}")
@@ -128,8 +135,11 @@ def detection(
     metrics/detection/<model>-seed<s>.json.
     """
     from . import detection as stage
+    from .paths import detection_cell
 
-    m = stage.run(model, seed, params, resume=resume)
+    cell = detection_cell(model, seed)
+    with stage_run(f"detection-{cell}", f"checkpoints/detection/{cell} and its metrics"):
+        m = stage.run(model, seed, params, resume=resume)
     err_console.print(f"detection {model} (seed {seed}): AP50 {m['AP50']:.2f}, AP {m['AP']:.2f}, AP75 {m['AP75']:.2f}")
 
 
@@ -150,10 +160,11 @@ def report(
     """
     from . import report as stage
 
-    if compare:
-        written = stage.compare(params, exp_json=exp_json, out=out, all_commits=all_commits)
-    else:
-        written = stage.run(params, out=out)
+    with stage_run("report", f"{out}/"):
+        if compare:
+            written = stage.compare(params, exp_json=exp_json, out=out, all_commits=all_commits)
+        else:
+            written = stage.run(params, out=out)
     for path in written:
         typer.echo(str(path))
 
@@ -161,10 +172,11 @@ def report(
 @app.command()
 @user_errors
 def check(params: Path = ParamsOption) -> None:
-    """Validate every section of the params file; stops at the first section with a problem."""
+    """Validate every section of the params file and the params that must fit the data; lists every problem."""
     from .params import validate_all
+    from .prepare import expected_sizes
 
-    sections = validate_all(params)
+    sections = validate_all(params, data_sizes=expected_sizes)
     err_console.print(f"{params}: {len(sections)} section(s) valid: {', '.join(sections)}")
 
 

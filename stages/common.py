@@ -13,10 +13,16 @@ from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from localagg.errors import UserError
+from localagg.io import write_json
+from localagg.process import terminate_on_sigterm
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+from .guard import stage_lock, watch_owner
+from .paths import record_path
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 ParamsOption = typer.Option(
     Path("params.yaml"), "--params", "-p", help="Params file; the command reads only its own section.",
@@ -32,7 +38,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             sys.exit(2)
 
     return wrapper
@@ -89,3 +95,21 @@ class DvcLiveLogger:
     def close(self) -> None:
         if self.live is not None:
             self.live.end()
+
+
+def write_results(metrics: Path, record: dict, headline: dict) -> None:
+    """Write the stage's record (everything: numbers, protocol, cost) to records/..., then its
+    headline numbers to metrics/... (`paths.record_path`); the metrics file last, so a stage
+    that stops in between leaves no metrics file newer than its record."""
+    write_json(record_path(metrics), record)
+    write_json(metrics, headline)
+
+
+@contextlib.contextmanager
+def stage_run(name: str, outputs: str) -> Iterator[None]:
+    """The frame of every stage command: SIGTERM stops it cleanly, it stops when the `dvc` that
+    runs it is gone, and it is the only writer of its outputs (guard.py)."""
+    terminate_on_sigterm()
+    watch_owner()
+    with stage_lock(name, outputs):
+        yield

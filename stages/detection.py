@@ -5,15 +5,18 @@ For model in {la, ir, random, supervised} (models/<model>.pt) and seed in detect
 with the `augment` (mean/std: the input normalisation of pretraining) and `detection`
 sections and the manifest from `prepare`:
 
-    checkpoints/detection/<model>-seed<s>/       converted backbone (backbone.pkl), Detectron2
-                                                 checkpoint (resumable; persist: true), identity,
-                                                 curve.jsonl (the logged curve, replayed on resume)
-    metrics/detection/<model>-seed<s>.json       AP50, AP, AP75 (percent), schedule, cost
+    checkpoints/detection/<model>-seed<s>/       converted backbone (backbone.pth), the resumable
+                                                 checkpoint, identity, curve.jsonl (the logged
+                                                 curve, replayed on resume); not a DVC output
+    metrics/detection/<model>-seed<s>.json       AP50, AP, AP75 (percent)
+    records/detection/<model>-seed<s>.json       the same, what ran (protocol, the backbone's
+                                                 provenance), cost
     dvclive/detection/<model>-seed<s>/           loss curve (total and per loss), lr, test APs
 
 A checkpoint is resumed only when it was written for the same training config, backbone
 weights, detection set (the manifest's content hashes) and detection code (`identity.json`);
-otherwise the folder is cleared and training starts over. Output folder, loader workers and
+otherwise the folder is cleared and training starts over; a resumed cell ends where an
+uninterrupted one ends (localagg.detection.train). Output folder, loader workers and
 checkpoint/test periods are not part of the identity. With `num_gpus` > 1 the training runs in
 one process per GPU through Detectron2's launcher.
 """
@@ -28,21 +31,21 @@ from pathlib import Path
 from localagg.errors import UserError
 from localagg.io import file_sha256, read_json, write_json
 
-from .common import DvcLiveLogger, err_console, measure_cost
+from .common import DvcLiveLogger, err_console, measure_cost, write_results
 from .params import load_section
 from .paths import DETECTION_MANIFEST, MODELS, STAGE_OF_MODEL, detection_cell, detection_metrics_path, model_path
 
 DATASET_PREFIX = "localagg_detection"  # Detectron2 catalog names: <prefix>_<year>_<split>
 IDENTITY = "identity.json"
 CURVE = "curve.jsonl"
-PAPER_TRAINVAL = [["VOC2007", "trainval"], ["VOC2012", "trainval"]]
 
 
 def dataset_name(manifest: dict) -> str:
-    """"voc07" for the paper's benchmark (real VOC, trained on VOC07+12 trainval, tested on
-    VOC2007 test), else the manifest's name ("voc" for other VOC splits)."""
+    """"voc07" for real VOC tested on VOC2007 test (the benchmark's test set; which trainval sets
+    were used is in the record's protocol, and the report compares it with the paper's),
+    else the manifest's name ("voc" for other VOC test splits, "synthetic_voc")."""
     splits = {k: [list(s) for s in v] for k, v in manifest["splits"].items()}
-    if manifest["name"] == "voc" and splits["test"] == [["VOC2007", "test"]] and splits["trainval"] == PAPER_TRAINVAL:
+    if manifest["name"] == "voc" and splits["test"] == [["VOC2007", "test"]]:
         return "voc07"
     return manifest["name"]
 
@@ -62,6 +65,7 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
         _check_gpus(det_cfg.num_gpus)
 
     import localagg.detection as det
+    from localagg.detection.train import CHECKPOINT, checkpoint_progress
     from localagg.training.checkpoint import load_export
 
     export = load_export(ckpt)
@@ -76,31 +80,42 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
                         pixel_mean=[255.0 * v for v in aug.mean], pixel_std=[255.0 * v for v in aug.std])
     identity = _identity(cfg, ckpt, manifest)
     if out_dir.is_dir() and (not resume or _read_json_or_none(out_dir / IDENTITY) != identity):
-        if any(out_dir.glob("*.pth")):
-            err_console.print(f"{out_dir}: checkpoint of other params, weights, data or code (or --no-resume); "
-                              "starting over")
+        if (out_dir / CHECKPOINT).is_file():
+            reason = "--no-resume" if not resume else "it was trained with other params, weights, data or code"
+            err_console.print(f"{out_dir}: not resuming its checkpoint ({reason}); training starts over")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / IDENTITY, identity)
-    pkl = out_dir / "backbone.pkl"
-    det.save_detectron2_pkl(converted, pkl)
+    weights = out_dir / "backbone.pth"
+    det.save_converted(converted, weights)
 
     logger = CurveLogger(out_dir / CURVE, DvcLiveLogger(Path("dvclive") / "detection" / name))
-    done = _checkpoint_iteration(out_dir, det_cfg.max_iter)
-    logger.replay(upto=done, final=done == det_cfg.max_iter)
+    progress = checkpoint_progress(out_dir)
+    if progress["iterations"]:
+        err_console.print(f"{out_dir}: resuming at iteration {progress['iterations']:,} of {det_cfg.max_iter:,}")
+    logger.replay(upto=progress["iterations"], final=bool(progress.get("final")))
     with measure_cost() as cost:
-        aps = det.launch_training(det_cfg.num_gpus, manifest, DATASET_PREFIX, cfg, pkl, resume=resume,
+        aps = det.launch_training(det_cfg.num_gpus, manifest, DATASET_PREFIX, cfg, weights, resume=resume,
                                   logger=logger, log_period=det_cfg.log_period)
     logger.close()
     if not all(k in aps for k in ("AP50", "AP", "AP75")):
         raise UserError(f"the VOC evaluator returned no box APs on {test_names[0]} ({aps}); "
                         "check that the test split has annotated objects.")
-    metrics = {"model": model, "seed": seed, "arch": arch, "dataset_name": dataset_name(manifest),
-               **{k: aps[k] for k in ("AP50", "AP", "AP75")},
-               "max_iter": det_cfg.max_iter, "ims_per_batch": det_cfg.ims_per_batch, "num_gpus": det_cfg.num_gpus,
-               "cost": cost}
-    write_json(detection_metrics_path(model, seed), metrics)
-    return metrics
+    headline = {k: aps[k] for k in ("AP50", "AP", "AP75")}
+    record = {"model": model, "seed": seed, "arch": arch, "dataset_name": dataset_name(manifest), **headline,
+              "protocol": protocol(det_cfg, manifest), "provenance": export.get("provenance") or [],
+              "resumed_from": progress["iterations"], "cost": cost}
+    write_results(detection_metrics_path(model, seed), record, headline)
+    return record
+
+
+def protocol(det_cfg, manifest: dict) -> dict:
+    """What the detection cell ran: its schedule and the (year, split) sets with their sizes."""
+    return {"train_sets": manifest["splits"]["trainval"], "test_sets": manifest["splits"]["test"],
+            "train_images": manifest["counts"]["trainval"]["images"],
+            "test_images": manifest["counts"]["test"]["images"],
+            **det_cfg.model_dump(mode="json", exclude={"seed", "num_workers", "checkpoint_period", "log_period",
+                                                        "eval_period", "device"})}
 
 
 class CurveLogger:
@@ -147,17 +162,6 @@ def _identity(cfg, ckpt: Path, manifest: dict) -> dict:
     return {"config": hashlib.sha256(cfg.dump().encode()).hexdigest(), "backbone": file_sha256(ckpt),
             "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
             "code": code.hexdigest()}
-
-
-def _checkpoint_iteration(out_dir: Path, max_iter: int) -> int:
-    """The last iteration the checkpoint in `out_dir` holds (0 when there is none)."""
-    last = out_dir / "last_checkpoint"
-    if not last.is_file():
-        return 0
-    stem = Path(last.read_text().strip()).stem
-    if stem == "model_final":
-        return max_iter
-    return int(stem.rsplit("_", 1)[-1]) if stem.rsplit("_", 1)[-1].isdigit() else 0
 
 
 def _check_gpus(wanted: int) -> None:

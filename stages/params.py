@@ -7,6 +7,7 @@ the CLI stops before compute is spent.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Type, TypeVar
 
@@ -25,7 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 class Section(BaseModel):
     """Base of every params model: unknown keys are errors, values are not coerced silently."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -187,6 +188,15 @@ SECTIONS: dict[str, Type[BaseModel]] = {
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The params file as a mapping of known sections; an unknown section is a UserError."""
+    data = _read_yaml(path)
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"{path}: " + "; ".join(_unknown_section(name) for name in unknown) + ".")
+    return data
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"params file {path} does not exist (pass --params PATH, default params.yaml).")
@@ -198,12 +208,16 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}.")
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise UserError(
-            f"{path}: unknown section(s) {', '.join(unknown)}; expected one of: {', '.join(SECTIONS)}."
-        )
     return data
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unknown_section(name: str) -> str:
+    return f"unknown section {name}{_did_you_mean(name, SECTIONS)}; expected one of: {', '.join(SECTIONS)}"
 
 
 def _allowed_keys(model: Type[BaseModel], loc: tuple) -> list[str]:
@@ -218,40 +232,92 @@ def _allowed_keys(model: Type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def format_validation_error(path: str | Path, section: str, model: Type[BaseModel], err: ValidationError) -> str:
-    lines = [f"{path}: invalid params in section '{section}':"]
+def validation_problems(section: str, model: Type[BaseModel], err: ValidationError) -> list[str]:
+    """One line per problem: the dotted key, what is wrong and what was found."""
+    lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join([section, *map(str, loc)])
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
-            lines.append(f"  - {key}: unknown key; expected one of: {', '.join(allowed)}")
+            lines.append(f"{key}: unknown key{_did_you_mean(loc[-1], allowed)}; expected one of: {', '.join(allowed)}")
         elif e["type"] == "missing":
-            lines.append(f"  - {key}: required key is missing")
+            lines.append(f"{key}: required key is missing")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  - {key}: {msg}{shown}")
-    return "\n".join(lines)
+            lines.append(f"{key}: {msg}{shown}")
+    return lines
+
+
+def format_validation_error(path: str | Path, section: str, model: Type[BaseModel], err: ValidationError) -> str:
+    lines = [f"{path}: invalid params in section '{section}':"]
+    return "\n".join(lines + [f"  - {line}" for line in validation_problems(section, model, err)])
+
+
+def _validate(path: str | Path, data: dict, section: str) -> tuple[Any, list[str]]:
+    """(the validated section or None, its problems as dotted-key lines)."""
+    if section not in data:
+        return None, [f"{section}: section is missing; see params.yaml in the repository for an example"]
+    raw = data[section]
+    if not isinstance(raw, dict):
+        return None, [f"{section}: must be a mapping, got {type(raw).__name__}"]
+    model = SECTIONS[section]
+    try:
+        return model.model_validate(raw), []
+    except ValidationError as err:
+        return None, validation_problems(section, model, err)
 
 
 def load_section(path: str | Path, section: str) -> Any:
     """Read `section` of the params file at `path` into its validated model."""
-    model = SECTIONS[section]
-    data = read_params_file(path)
-    if section not in data:
+    value, problems = _validate(path, read_params_file(path), section)
+    if len(problems) == 1 and problems[0].endswith("see params.yaml in the repository for an example"):
         raise UserError(f"{path}: section '{section}' is missing; see params.yaml in the repository for an example.")
-    raw = data[section]
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: section '{section}' must be a mapping, got {type(raw).__name__}.")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_error(path, section, model, err)) from None
+    if problems:
+        raise UserError(f"{path}: invalid params in section '{section}':\n" + "\n".join(f"  - {p}" for p in problems))
+    return value
 
 
-def validate_all(path: str | Path) -> dict[str, Any]:
-    """Validate every section present in the file (used by `localagg check` and presets)."""
-    data = read_params_file(path)
-    return {name: load_section(path, name) for name in data}
+def validate_all(path: str | Path, data_sizes=None) -> dict[str, Any]:
+    """Validate every section the pipeline needs, and the params that must fit the data sizes
+    (`data_sizes(prepare_params)` -> {"object": (train, val) or None, "transfer": ...}, where
+    known); one UserError lists every problem of the file."""
+    data = _read_yaml(path)
+    problems = [_unknown_section(name) for name in sorted(set(data) - set(SECTIONS))]
+    sections = {}
+    for name in SECTIONS:
+        value, found = _validate(path, data, name)
+        problems += found
+        if value is not None:
+            sections[name] = value
+    if data_sizes is not None and "prepare" in sections:
+        problems += size_problems(sections, data_sizes(sections["prepare"]))
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return sections
+
+
+def size_problems(sections: dict[str, Any], sizes: dict[str, tuple[int, int] | None]) -> list[str]:
+    """Params larger than the data they apply to (neighbour counts, clusters, batches)."""
+    out = []
+    obj = sizes.get("object")
+    if obj is not None:
+        train = obj[0]
+        for name in ("pretrain_ia", "pretrain_la", "supervised"):
+            cfg = sections.get(name)
+            if cfg is None:
+                continue
+            keys = {"batch_size": cfg.batch_size, "knn_k": cfg.knn_k}
+            if name == "pretrain_la":
+                keys.update(k=cfg.k, num_clusters=cfg.num_clusters)
+            out += [f"{name}.{key}: {value:,} is larger than the {train:,} training images of the object set; lower it"
+                    for key, value in keys.items() if value > train]
+    transfer = sections.get("transfer")
+    if transfer is not None:
+        for role in ("object", "transfer"):
+            if sizes.get(role) is not None and transfer.knn.k > sizes[role][0]:
+                out.append(f"transfer.knn.k: {transfer.knn.k:,} is larger than the {sizes[role][0]:,} training images "
+                           f"of the {role} set; lower it")
+    return out

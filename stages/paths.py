@@ -32,3 +32,12 @@ def detection_cell(model: str, seed: int) -> str:
 
 def detection_metrics_path(model: str, seed: int) -> Path:
     return Path("metrics") / "detection" / f"{detection_cell(model, seed)}.json"
+
+
+def record_path(metrics: Path) -> Path:
+    """The full record beside a metrics file: records/<same name> (metrics/x.json -> records/x.json).
+
+    Metrics files hold the headline numbers that `dvc metrics show` lists; the record holds
+    every number of the stage, what ran (its protocol) and what it cost, and is what the
+    report reads."""
+    return Path("records") / Path(metrics).relative_to("metrics")

@@ -21,9 +21,8 @@ import sys
 from pathlib import Path
 
 from localagg.errors import UserError
-from localagg.io import write_json
 
-from .common import DvcLiveLogger, measure_cost
+from .common import DvcLiveLogger, measure_cost, write_results
 from .paths import model_path
 from .params import load_section
 
@@ -31,6 +30,8 @@ OBJECT_DIR = Path("data/prepared/object")
 
 
 MODEL_NAMES = {"pretrain_ia": "ir", "pretrain_la": "la", "supervised": "supervised"}
+# the numbers `dvc metrics show` lists; records/<stage>.json has every other one
+HEADLINE = ("epochs", "knn_top1_init", "final_knn_top1", "final_loss", "final_cluster_nmi", "final_cluster_purity")
 
 
 def paths(stage: str) -> dict[str, Path]:
@@ -43,12 +44,22 @@ def paths(stage: str) -> dict[str, Path]:
 
 
 def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
-    """Re-run this stage command as `torchrun --nproc_per_node N -m stages ...` and exit with its status."""
+    """Re-run this stage command as `torchrun --nproc_per_node N -m stages ...` and exit with its
+    status. torchrun gets SIGTERM if this process dies (it then stops its workers), and is
+    terminated if this process is asked to stop."""
     import subprocess
+
+    from localagg.process import die_with_parent
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "stages", command, "--params", str(params)]
-    sys.exit(subprocess.call(cmd))
+    child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    try:
+        sys.exit(child.wait())
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait()
 
 
 def run(stage: str, params: Path) -> dict:
@@ -57,6 +68,8 @@ def run(stage: str, params: Path) -> dict:
     model_cfg = load_section(params, "model")
     aug = load_section(params, "augment")
     cfg = load_section(params, stage)
+    if stage == "supervised" and cfg.augment:
+        aug = supervised_augment(params, aug, cfg)
     if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         relaunch_under_torchrun(stage.replace("_", "-"), params, cfg.num_processes)
     p = paths(stage)
@@ -77,9 +90,24 @@ def run(stage: str, params: Path) -> dict:
         # (None when a checkpoint from before this record existed; a resumed epoch counts from the resume)
         timed = [row.get("epoch_seconds") for row in result.history]
         cost["train_seconds"] = round(sum(timed), 2) if None not in timed else None
-        write_json(p["metrics"], {**result.summary, "cost": cost})
+        summary = result.summary
+        record = {**summary, "model": MODEL_NAMES[stage], "stage": stage, "provenance": trainer.provenance(),
+                  "history": result.history, "cost": cost}
+        write_results(p["metrics"], record, {k: summary[k] for k in HEADLINE if k in summary})
         logger.close()
     return result.summary
+
+
+def supervised_augment(params: Path, aug, cfg):
+    """The `augment` section with the keys `supervised.augment` replaces (validated as a whole)."""
+    from pydantic import ValidationError
+
+    from .params import format_validation_error
+
+    try:
+        return cfg.augment_spec(aug)
+    except ValidationError as err:
+        raise UserError(format_validation_error(params, "augment (with supervised.augment)", type(aug), err)) from None
 
 
 def write_random(params: Path) -> Path:
@@ -95,5 +123,6 @@ def write_random(params: Path) -> Path:
     torch.manual_seed(seed)
     model = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
     path = model_path("random")
-    save_export(path, model, "random")
+    save_export(path, model, "random", provenance=[{"objective": "random", **model.meta(), "seed": seed,
+                                                     "epochs_done": 0}])
     return path

@@ -36,7 +36,7 @@ from localagg.report.markdown import render
 from localagg.report.results import MODELS, ROLES, Record, RunMetrics, aggregate, csv_text
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
-from .paths import STAGE_OF_MODEL, detection_metrics_path, transfer_metrics_path
+from .paths import STAGE_OF_MODEL, detection_metrics_path, record_path, transfer_metrics_path
 
 PRETRAIN_STAGES = {m: s for m, s in STAGE_OF_MODEL.items() if m != "random"}  # models with pretraining metrics
 CURVE_MODELS = ("ir", "la")
@@ -93,13 +93,22 @@ def read_seeds(params: Path) -> dict[str, list[int]]:
     return seeds
 
 
+def pretrain_record(stage: str) -> Path:
+    return record_path(Path("metrics") / f"{stage}.json")
+
+
+PREPARE_RECORD = record_path(Path("metrics/prepare.json"))
+
+
 def expected_files(seeds: dict[str, list[int]]) -> list[tuple[Path, str]]:
-    """Every file the report reads, with the DVC stage that writes it (`seeds` from `read_seeds`)."""
-    files = [(Path("metrics/prepare.json"), "prepare")]
-    files += [(Path("metrics") / f"{stage}.json", stage) for stage in PRETRAIN_STAGES.values()]
-    files += [(transfer_metrics_path(m, d, s), f"transfer@{m}-{d}-{s}")
+    """Every file the report reads, with the DVC stage that writes it (`seeds` from `read_seeds`):
+    the records (records/..., the full numbers beside each metrics file) and the curves."""
+    files = [(PREPARE_RECORD, "prepare")]
+    files += [(pretrain_record(stage), stage) for stage in PRETRAIN_STAGES.values()]
+    files += [(record_path(transfer_metrics_path(m, d, s)), f"transfer@{m}-{d}-{s}")
               for d in ROLES for m in MODELS for s in seeds["transfer"]]
-    files += [(detection_metrics_path(m, s), f"detection@{m}-{s}") for m in MODELS for s in seeds["detection"]]
+    files += [(record_path(detection_metrics_path(m, s)), f"detection@{m}-{s}")
+              for m in MODELS for s in seeds["detection"]]
     files += [(curve_path(m, c), PRETRAIN_STAGES[m]) for m in CURVE_MODELS for c in CURVES]
     return files
 
@@ -140,15 +149,40 @@ def load(params: Path) -> RunMetrics:
         raise UserError(f"{len(missing)} files the report needs do not exist: {listed}. Run those stages, "
                         f"or `dvc repro` for the whole pipeline.")
     rec = {path: _record(path, stage) for path, stage in files if path.suffix == ".json"}
-    return RunMetrics(
-        prepare=rec[Path("metrics/prepare.json")],
-        pretrain={m: rec[Path("metrics") / f"{stage}.json"] for m, stage in PRETRAIN_STAGES.items()},
-        transfer={(m, d): [rec[transfer_metrics_path(m, d, s)] for s in seeds["transfer"]]
+    run = RunMetrics(
+        prepare=rec[PREPARE_RECORD],
+        pretrain={m: rec[pretrain_record(stage)] for m, stage in PRETRAIN_STAGES.items()},
+        transfer={(m, d): [rec[record_path(transfer_metrics_path(m, d, s))] for s in seeds["transfer"]]
                   for d in ROLES for m in MODELS},
-        detection={m: [rec[detection_metrics_path(m, s)] for s in seeds["detection"]] for m in MODELS},
+        detection={m: [rec[record_path(detection_metrics_path(m, s))] for s in seeds["detection"]] for m in MODELS},
         curves={m: {c: _curve(curve_path(m, c), PRETRAIN_STAGES[m]) for c in CURVES} for m in CURVE_MODELS},
         curve_files=[str(curve_path(m, c)) for m in CURVE_MODELS for c in CURVES],
     )
+    check_slots(run, seeds)
+    return run
+
+
+def check_slots(m: RunMetrics, seeds: dict[str, list[int]]) -> None:
+    """Each record must be the one of its slot (model, dataset, seed), so a file copied or left
+    over from another cell is not reported as this one; one UserError lists every mismatch."""
+    problems = []
+
+    def expect(record: Record, **wanted) -> None:
+        found = {k: record.get(k, optional=True) for k in wanted}
+        if found != wanted:
+            diff = ", ".join(f"{k} {found[k]!r} (expected {v!r})" for k, v in wanted.items() if found[k] != v)
+            problems.append(f"{record.path}: {diff}; rerun `dvc repro {record.stage}`")
+
+    for model, record in m.pretrain.items():
+        expect(record, model=model, stage=PRETRAIN_STAGES[model])
+    for (model, role), records in m.transfer.items():
+        for seed, record in zip(seeds["transfer"], records):
+            expect(record, model=model, dataset=role, seed=seed)
+    for model, records in m.detection.items():
+        for seed, record in zip(seeds["detection"], records):
+            expect(record, model=model, seed=seed)
+    if problems:
+        raise UserError("metrics records do not belong to the slot they are in:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def run(params: Path, out: Path = Path("reports")) -> list[Path]:

@@ -35,3 +35,16 @@ def tiny_data(tmp_path):
     d = tmp_path / "object"
     make_arrays_dataset(d)
     return d
+
+
+class CodeRunningPickle:
+    """A pickle that runs code (it touches `marker`) when unpickled without weights_only: what a
+    crafted model or checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))

@@ -42,7 +42,7 @@ def test_unknown_key_is_named(tmp_path):
     (lambda p: p["prepare"]["object"].update(num_train="many"), ["prepare.object.num_train", "'many'"]),
     (lambda p: p["prepare"].update(detection={"source": "voc"}), ["prepare.detection", "root is required"]),
     (lambda p: p["prepare"]["object"].update(root="/nonexistent/fm"), ["prepare.object.root = /nonexistent/fm", "does not exist"]),
-    (lambda p: p.update(pretrain_iaa={}), ["unknown section(s) pretrain_iaa"]),
+    (lambda p: p.update(pretrain_iaa={}), ["unknown section pretrain_iaa (did you mean pretrain_ia?)"]),
     (lambda p: p["prepare"]["detection"].update(objects_per_image=[3, 1]), ["objects_per_image"]),
 ])
 def test_bad_prepare_params_stop_before_work(tmp_path, mutate, fragments):
@@ -121,8 +121,60 @@ def test_detection_on_cuda_without_enough_gpus_stops_before_training(tmp_path):
     (tmp_path / "models" / "la.pt").write_bytes(b"")  # never read: the GPU check comes first
     manifest = tmp_path / "data" / "prepared" / "detection" / "detection.json"
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"name": "voc", "root": "VOCdevkit", "classes": ["cat"],
+    manifest.write_text(json.dumps({"name": "voc", "root": "VOCdevkit", "annotations": "VOCdevkit", "classes": ["cat"],
                                     "splits": {"trainval": [["VOC2007", "trainval"]], "test": [["VOC2007", "test"]]}}))
     proc = localagg("detection", "--model", "la", "--params", str(path), cwd=tmp_path)
     _assert_user_error(proc, "detection.num_gpus is 8", "GPU(s)")
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("mutate, fragments", [
+    (lambda p: p["augment"].update(std=[0, 0, 0]), ["augment.std", "must be > 0"]),
+    (lambda p: p["augment"].update(crop_scale=[1.5, 0.2]), ["augment.crop_scale", "0 < min <= max <= 1"]),
+    (lambda p: p["pretrain_la"].update(temperature=float("inf")), ["pretrain_la.temperature", "finite"]),
+    (lambda p: p["pretrain_la"].update(k=20000), ["pretrain_la.k: 20,000 is larger than the 10,000 training images"]),
+    (lambda p: p["transfer"]["knn"].update(k=5000), ["transfer.knn.k: 5,000 is larger than the 4,000 training images "
+                                                     "of the transfer set"]),
+    (lambda p: p["pretrain_ia"].update(sync_bn=True, bn_groups=2), ["sync_bn", "bn_groups"]),
+])
+def test_check_catches_semantic_errors_and_sizes_that_do_not_fit_the_data(tmp_path, mutate, fragments):
+    _assert_user_error(localagg("check", "--params", str(write_params(tmp_path, mutate))), *fragments)
+
+
+def test_check_reports_every_problem_at_once_and_a_missing_section(tmp_path):
+    def mutate(p):
+        del p["supervised"]
+        p["augment"]["std"] = [0, 0, 0]
+        p["pretrain_la"]["num_cluster"] = 5
+    proc = localagg("check", "--params", str(write_params(tmp_path, mutate)))
+    _assert_user_error(proc, "3 problem(s)", "supervised: section is missing", "augment.std",
+                       "pretrain_la.num_cluster: unknown key (did you mean num_clusters?)")
+
+
+def test_a_crafted_model_file_is_refused_without_running_its_code(tmp_path):
+    import torch
+
+    from tests.conftest import CodeRunningPickle, make_arrays_dataset
+
+    (tmp_path / "models").mkdir()
+    marker = tmp_path / "code-ran"
+    torch.save({"model": CodeRunningPickle(marker), "model_meta": {}, "objective": "random"}, tmp_path / "models" / "random.pt")
+    make_arrays_dataset(tmp_path / "data" / "prepared" / "object")
+    params = write_params(tmp_path, lambda p: p["transfer"]["knn"].update(k=5))
+    proc = localagg("transfer", "--model", "random", "--dataset", "object", "--params", str(params), cwd=tmp_path)
+    _assert_user_error(proc, "models/random.pt", "could run code")
+    assert not marker.exists()
+
+
+def test_a_second_writer_of_the_same_outputs_is_refused_with_the_holders_pid(tmp_path):
+    import fcntl
+    import os
+
+    (tmp_path / ".locks").mkdir()
+    with open(tmp_path / ".locks" / "report.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        proc = localagg("report", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    _assert_user_error(proc, f"another localagg process (PID {os.getpid()}) is writing reports/", f"kill {os.getpid()}")
+    assert not (tmp_path / "reports").exists()

@@ -20,21 +20,24 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from pydantic import ValidationError
 
 from localagg.data.synthetic_detection import build_synthetic_voc
-from localagg.data.voc import VocAnnotation, VocObject, prepare_voc, read_annotation, write_annotation
+from localagg.data.voc import VocAnnotation, VocObject, prepare_voc, read_annotation, read_voc_manifest, write_annotation
 from localagg.detection import (
     DetectionConfig,
     build_cfg,
     convert_to_detectron2,
+    load_converted,
     load_strict,
     register_voc_manifest,
-    save_detectron2_pkl,
+    save_converted,
     train_detector,
 )
 from localagg.detection import config as det_config
 from localagg.detection.convert import pretrained_keys
-from localagg.detection.train import TEST_METRICS
+from localagg.detection.train import TEST_METRICS, checkpoint_progress
 from localagg.errors import UserError
 from localagg.models.backbone import EmbeddingNet
+
+from .conftest import CodeRunningPickle
 
 CLASSES = ["a", "b", "c"]
 
@@ -158,10 +161,11 @@ def test_small_stem_and_unknown_arch_are_refused():
         convert_to_detectron2({"trunk.fc.weight": torch.zeros(1)}, {"arch": "resnet18", "stem": "imagenet"})
 
 
-def test_saved_pkl_loads_through_detectron2s_own_checkpointer_without_renaming(tmp_path):
+def test_saved_backbone_loads_through_detectron2s_own_checkpointer_without_renaming(tmp_path):
     net = _random_net("resnet50", seed=2)
-    path = tmp_path / "backbone.pkl"
-    save_detectron2_pkl(convert_to_detectron2(net.state_dict(), net.meta()), path)
+    path = tmp_path / "backbone.pth"
+    save_converted(convert_to_detectron2(net.state_dict(), net.meta()), path)
+    assert load_converted(path)["__author__"] == "localagg"  # read back with weights_only
     model = _model("resnet50")
     DetectionCheckpointer(model).load(str(path))  # the MODEL.WEIGHTS path with matching heuristics
     state = model.state_dict()
@@ -206,23 +210,24 @@ def test_detection_config_rejects_inconsistent_knobs(bad):
 
 @pytest.fixture(scope="module")
 def tiny_voc(tmp_path_factory):
-    """A 64 px synthetic VOCdevkit (6 trainval, 4 test images) and its manifest."""
-    root = tmp_path_factory.mktemp("voc") / "VOCdevkit"
+    """A 64 px synthetic VOCdevkit (6 trainval, 4 test images), prepared, and its manifest."""
+    out = tmp_path_factory.mktemp("voc")
+    root = out / "VOCdevkit"
     rng = np.random.default_rng(0)
     items = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
     labels = np.arange(30) % len(CLASSES)
     build_synthetic_voc(root, items[:20], labels[:20], items[20:], labels[20:], CLASSES,
                         num_trainval=6, num_test=4, image_size=64, objects_per_image=(1, 2), scale_range=(0.8, 1.5))
-    manifest = prepare_voc(root, root.parent / "detection.json", trainval=[("VOC2007", "trainval")],
-                           test=[("VOC2007", "test")], classes=CLASSES, check_images=False, name="tiny")
-    return root, manifest
+    prepare_voc(root, out, trainval=[("VOC2007", "trainval")], test=[("VOC2007", "test")], classes=CLASSES,
+                check_images=False, name="tiny")
+    return root, read_voc_manifest(out / "detection.json")
 
 
 def _copy(tiny_voc, tmp_path) -> tuple[Path, dict]:
     root, manifest = tiny_voc
     copy = tmp_path / "VOCdevkit"
     shutil.copytree(root, copy)
-    return copy, {**manifest, "root": str(copy)}
+    return copy, {**manifest, "root": str(copy), "annotations": str(copy)}
 
 
 def test_registration_is_idempotent_and_uses_the_voc07_metric(tiny_voc, tmp_path):
@@ -249,7 +254,7 @@ def test_class_missing_from_the_class_list_is_named(tiny_voc, tmp_path):
 def test_missing_year_folder_is_named(tiny_voc):
     _, manifest = tiny_voc
     bad = {**manifest, "splits": {"trainval": [["VOC2012", "trainval"]], "test": [["VOC2007", "test"]]}}
-    with pytest.raises(UserError, match=r"VOC2012 does not exist"):
+    with pytest.raises(UserError, match=r"does not hold VOC2012/trainval"):
         register_voc_manifest(bad, "noyear")
 
 
@@ -275,12 +280,12 @@ def test_a_few_iterations_train_log_losses_resume_and_report_finite_voc_aps(tiny
     _, manifest = tiny_voc
     train, test = register_voc_manifest(manifest, "fit")
     out = tmp_path / "out"
-    pkl = tmp_path / "backbone.pkl"
+    pth = tmp_path / "backbone.pth"
     net = _random_net("resnet18")
-    save_detectron2_pkl(convert_to_detectron2(net.state_dict(), net.meta()), pkl)
+    save_converted(convert_to_detectron2(net.state_dict(), net.meta()), pth)
     recorder = _Recorder()
 
-    aps = train_detector(_tiny_cfg(train, test, out, 4), pkl, resume=False, logger=recorder, log_period=2)
+    aps = train_detector(_tiny_cfg(train, test, out, 4), pth, resume=False, logger=recorder, log_period=2)
 
     assert set(aps) == {"AP50", "AP", "AP75"}
     assert all(math.isfinite(v) and 0 <= v <= 100 for v in aps.values())
@@ -291,14 +296,15 @@ def test_a_few_iterations_train_log_losses_resume_and_report_finite_voc_aps(tiny
         assert math.isclose(m["total_loss"], sum(v for k, v in m.items() if k.startswith("loss_")), rel_tol=1e-6)
     assert recorder.steps[-1] == (4, aps)
     assert json.loads((out / TEST_METRICS).read_text()) == aps
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model_final.pth"]  # model_0000002 was replaced
+    assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint.pth"]  # replaced at each save
+    assert checkpoint_progress(out) == {"iterations": 4, "final": True}
 
     # Resuming with more iterations continues from iteration 4; resuming a finished run only
     # tests the saved model (whose BN statistics are the precise ones that were tested).
     recorder = _Recorder()
     longer = train_detector(_tiny_cfg(train, test, out, 6), None, resume=True, logger=recorder, log_period=2)
     assert [i for i, m in recorder.steps if "total_loss" in m] == [6]
-    assert sorted(p.name for p in out.glob("*.pth")) == ["model_final.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint.pth"]
     assert train_detector(_tiny_cfg(train, test, out, 6), None, resume=True) == longer
 
 
@@ -336,3 +342,131 @@ def test_voc07_11_point_ap_through_voc_eval_on_hand_made_detections(tmp_path):
     np.testing.assert_allclose(rec, [0.25, 0.25, 0.5, 0.75, 0.75])
     np.testing.assert_allclose(prec, [1.0, 0.5, 2 / 3, 0.75, 0.6])
     assert ap == pytest.approx(HAND_AP)
+
+
+# --------------------------------------------------------------------------- interruption and hostile files
+
+RUN_SCRIPT = """
+import sys, json
+from localagg.data.voc import read_voc_manifest
+from localagg.detection import DetectionConfig, build_cfg, register_voc_manifest, train_detector
+manifest = read_voc_manifest(sys.argv[1])
+train, test = register_voc_manifest(manifest, "killed")
+det = DetectionConfig.cpu_default(max_iter=12, steps=(8,), warmup_iters=2, ims_per_batch=2, log_period=2,
+                                  checkpoint_period=2, precise_bn_iters=2)
+cfg = build_cfg(det, "resnet18", len(manifest["classes"]), train, test, sys.argv[2])
+print(json.dumps(train_detector(cfg, sys.argv[3], resume=True)))
+"""
+
+
+def _run_script(tmp_path, manifest_path, out, weights, kill_after=None):
+    """Run a 12-iteration detection in a fresh process; with `kill_after`, SIGKILL it as soon as
+    its checkpoint records that many iterations (a real interruption, not a simulated one)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run_detection.py"
+    script.write_text(RUN_SCRIPT)
+    env = {**os.environ, "LOCALAGG_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(manifest_path), str(out), str(weights)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if kill_after is None:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr
+        return json.loads(stdout.splitlines()[-1])
+    deadline = time.monotonic() + 600
+    while checkpoint_progress(out)["iterations"] < kill_after:
+        assert proc.poll() is None, f"the run ended before it could be interrupted:\n{proc.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return None
+
+
+@pytest.mark.slow
+def test_a_run_killed_midway_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    out = tmp_path / "prepared"
+    root = out / "VOCdevkit"
+    rng = np.random.default_rng(1)
+    items = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    labels = np.arange(30) % len(CLASSES)
+    build_synthetic_voc(root, items[:20], labels[:20], items[20:], labels[20:], CLASSES, num_trainval=8, num_test=4,
+                        image_size=128, objects_per_image=(1, 2), scale_range=(1.0, 1.5))
+    prepare_voc(root, out, trainval=[("VOC2007", "trainval")], test=[("VOC2007", "test")], classes=CLASSES,
+                check_images=False, name="tiny")
+    weights = tmp_path / "backbone.pth"
+    net = _random_net("resnet18", seed=3)
+    save_converted(convert_to_detectron2(net.state_dict(), net.meta()), weights)
+
+    whole = _run_script(tmp_path, out / "detection.json", tmp_path / "whole", weights)
+    _run_script(tmp_path, out / "detection.json", tmp_path / "cut", weights, kill_after=4)
+    done = checkpoint_progress(tmp_path / "cut")
+    assert 4 <= done["iterations"] < 12 and not done["final"], done
+    resumed = _run_script(tmp_path, out / "detection.json", tmp_path / "cut", weights)
+
+    assert resumed == whole
+    a = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    assert a["iterations"] == b["iterations"] == 12
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_a_truncated_or_crafted_checkpoint_is_reported_and_training_starts_over(tiny_voc, tmp_path, caplog):
+    _, manifest = tiny_voc
+    train, test = register_voc_manifest(manifest, "hostile")
+    fresh = train_detector(_tiny_cfg(train, test, tmp_path / "fresh", 2), None)
+    out = tmp_path / "out"
+    train_detector(_tiny_cfg(train, test, out, 2), None)
+    data = (out / "checkpoint.pth").read_bytes()
+    (out / "checkpoint.pth").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        again = train_detector(_tiny_cfg(train, test, out, 2), None, resume=True)
+    assert "cannot be read" in caplog.text and "training starts over" in caplog.text
+    assert again == fresh
+
+    marker = tmp_path / "code-ran"
+    torch.save(CodeRunningPickle(marker), out / "checkpoint.pth")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert train_detector(_tiny_cfg(train, test, out, 2), None, resume=True) == fresh
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    assert "could run code" in caplog.text
+
+
+def test_voc_as_released_float_coordinates_empty_flags_padded_names_trains_and_evaluates(tmp_path):
+    """Released VOC XML forms that Detectron2's evaluator cannot parse are accepted by `prepare`,
+    which gives Detectron2 normalised copies: training and the test-time evaluator both run."""
+    from PIL import Image
+
+    devkit = tmp_path / "VOCdevkit"
+    year = devkit / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (year / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = [f"{i:06d}" for i in range(1, 9)]
+    for n, image_id in enumerate(ids):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(year / "JPEGImages" / f"{image_id}.jpg")
+        name = CLASSES[n % len(CLASSES)]
+        flags = ("<truncated/>", "") if n % 2 else ("<truncated>0</truncated>", "<difficult></difficult>")
+        (year / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>80</width><height>64</height>"
+            f"<depth>3</depth></size><object><name>{name} </name>{flags[0]}{flags[1]}<bndbox><xmin>10.0</xmin>"
+            f"<ymin>12.0</ymin><xmax>50.0</xmax><ymax>41.0</ymax></bndbox></object></annotation>")
+    (year / "ImageSets" / "Main" / "trainval.txt").write_text("".join(f"{i}\n" for i in ids[:6]))
+    (year / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i in ids[6:]))
+    out = tmp_path / "prepared"
+    prepare_voc(devkit, out, trainval=[("VOC2007", "trainval")], test=[("VOC2007", "test")], classes=CLASSES,
+                check_images=True, workers=1, name="voc")
+    manifest = read_voc_manifest(out / "detection.json")
+    assert manifest["root"] == str(devkit.resolve())  # the images stay where they are
+    copy = (out / "VOCdevkit" / "VOC2007" / "Annotations" / "000002.xml").read_text()
+    assert "<xmin>10</xmin>" in copy and "<truncated>0</truncated>" in copy and "<difficult>0</difficult>" in copy
+    assert f"<name>{CLASSES[1]}</name>" in copy
+    train, test = register_voc_manifest(manifest, "released")
+    aps = train_detector(_tiny_cfg(train, test, tmp_path / "out", 2), None)
+    assert set(aps) == {"AP50", "AP", "AP75"} and all(math.isfinite(v) for v in aps.values())

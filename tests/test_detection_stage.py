@@ -16,6 +16,7 @@ from localagg.data.synthetic_detection import build_synthetic_voc
 from localagg.data.voc import prepare_voc
 from localagg.models.backbone import EmbeddingNet
 from localagg.training.checkpoint import save_export
+from localagg.detection.train import CHECKPOINT, PROGRESS, checkpoint_progress
 from stages import detection as stage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,9 +36,8 @@ def workdir(tmp_path, monkeypatch):
     labels = np.arange(12) % len(CLASSES)
     build_synthetic_voc(root, items[:8], labels[:8], items[8:], labels[8:], CLASSES, num_trainval=3, num_test=2,
                         image_size=64, objects_per_image=(1, 1), scale_range=(1.0, 1.0))
-    manifest = prepare_voc(root, root.parent / "detection.json", trainval=[("VOC2007", "trainval")],
-                           test=[("VOC2007", "test")], classes=CLASSES, check_images=False, name="synthetic_voc")
-    (root.parent / "detection.json").write_text(json.dumps({**manifest, "root": "VOCdevkit"}))
+    prepare_voc(root, root.parent, trainval=[("VOC2007", "trainval")], test=[("VOC2007", "test")], classes=CLASSES,
+                check_images=False, name="synthetic_voc")
     _export(seed=0)
     return tmp_path
 
@@ -53,19 +53,19 @@ class FakeLaunch:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, num_gpus, manifest, prefix, cfg, weights_pkl, resume, logger, log_period):
+    def __call__(self, num_gpus, manifest, prefix, cfg, weights, resume, logger, log_period):
         out = Path(cfg.OUTPUT_DIR)
-        had = (out / "model_final.pth").is_file()
+        had = resume and checkpoint_progress(out)["final"]
         self.calls.append({"resume": resume, "had_checkpoint": had,
-                           "pkl": Path(weights_pkl).is_file(), "mean": list(cfg.MODEL.PIXEL_MEAN),
+                           "weights": Path(weights).is_file(), "mean": list(cfg.MODEL.PIXEL_MEAN),
                            "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT, "seed": cfg.SEED})
         aps = {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
         if not had:  # as train_detector: a finished checkpoint is only tested again
             logger.log_step(2, {"total_loss": 1.5})
             logger.log_step(4, {"total_loss": 1.0})
         logger.log_step(4, aps)
-        (out / "model_final.pth").write_bytes(b"checkpoint")
-        (out / "last_checkpoint").write_text("model_final.pth")
+        (out / CHECKPOINT).write_bytes(b"checkpoint")
+        (out / PROGRESS).write_text(json.dumps({"iterations": 4, "final": True}))
         return aps
 
 
@@ -73,16 +73,19 @@ def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monke
     fake = FakeLaunch()
     monkeypatch.setattr("localagg.detection.train.launch_training", fake)
 
-    metrics = stage.run("la", 3, Path("params.yaml"))
-    assert fake.calls[-1]["had_checkpoint"] is False and fake.calls[-1]["pkl"] and fake.calls[-1]["seed"] == 3
+    record = stage.run("la", 3, Path("params.yaml"))
+    assert fake.calls[-1]["had_checkpoint"] is False and fake.calls[-1]["weights"] and fake.calls[-1]["seed"] == 3
     # the detector normalises its input as pretraining did: augment.mean x 255
     mean = yaml.safe_load(Path("params.yaml").read_text())["augment"]["mean"]
     assert fake.calls[-1]["mean"] == pytest.approx([255 * v for v in mean])
     assert fake.calls[-1]["freeze_at"] == 2
-    written = json.loads(Path("metrics/detection/la-seed3.json").read_text())
-    assert written == metrics
+    assert json.loads(Path("metrics/detection/la-seed3.json").read_text()) == {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
+    written = json.loads(Path("records/detection/la-seed3.json").read_text())
+    assert written == record
     assert (written["AP50"], written["model"], written["seed"], written["dataset_name"]) == (50.0, "la", 3, "synthetic_voc")
     assert {"wall_seconds", "peak_rss_mb", "peak_gpu_mb"} <= set(written["cost"])
+    assert written["protocol"]["train_sets"] == [["VOC2007", "trainval"]] and written["protocol"]["max_iter"] == 4
+    assert written["protocol"]["train_images"] == 3 and written["protocol"]["test_images"] == 2
 
     stage.run("la", 3, Path("params.yaml"))  # same weights and config: the checkpoint is kept
     assert fake.calls[-1]["had_checkpoint"] is True
@@ -135,10 +138,10 @@ def test_params_yaml_detection_section_is_the_cpu_default():
     assert section.for_seed(0) == DetectionConfig.cpu_default()
 
 
-def test_dataset_name_marks_the_papers_benchmark():
-    paper = {"trainval": [("VOC2007", "trainval"), ("VOC2012", "trainval")], "test": [("VOC2007", "test")]}
-    assert stage.dataset_name({"name": "voc", "splits": paper}) == "voc07"
-    only07 = {**paper, "trainval": [("VOC2007", "trainval")]}
-    assert stage.dataset_name({"name": "voc", "splits": only07}) == "voc"  # another training set
+def test_dataset_name_marks_the_benchmarks_test_set():
+    community = {"trainval": [("VOC2007", "trainval"), ("VOC2012", "trainval")], "test": [("VOC2007", "test")]}
+    assert stage.dataset_name({"name": "voc", "splits": community}) == "voc07"
+    paper = {**community, "trainval": [("VOC2007", "trainval")]}
+    assert stage.dataset_name({"name": "voc", "splits": paper}) == "voc07"  # the train sets are in the protocol
     assert stage.dataset_name({"name": "voc", "splits": {**paper, "test": [("VOC2012", "val")]}}) == "voc"
     assert stage.dataset_name({"name": "synthetic_voc", "splits": paper}) == "synthetic_voc"

@@ -20,9 +20,10 @@ BIN = Path(sys.executable).parent
 TINY = {
     "prepare": {"object": {"num_train": 256, "num_val": 64},
                 "detection": {"num_trainval": 6, "num_test": 4, "image_size": 64, "scale_range": [0.8, 1.2]}},
-    "pretrain_ia": {"epochs": 1, "batch_size": 64, "num_negatives": 64},
-    "pretrain_la": {"epochs": 1, "batch_size": 64, "k": 64, "num_kmeans": 2, "num_clusters": 8, "lr_drops": []},
-    "supervised": {"epochs": 1, "batch_size": 64, "lr_drops": []},
+    "pretrain_ia": {"epochs": 1, "batch_size": 64, "num_negatives": 64, "knn_k": 20},
+    "pretrain_la": {"epochs": 1, "batch_size": 64, "k": 64, "num_kmeans": 2, "num_clusters": 8, "lr_drops": [],
+                    "knn_k": 20},
+    "supervised": {"epochs": 1, "batch_size": 64, "lr_drops": [], "knn_k": 20},
     "transfer": {"object": {"epochs": 1, "lr_drops": [], "pool_target_dims": 512},
                  "transfer": {"epochs": 1, "lr_drops": [], "pool_target_dims": 512}, "knn": {"k": 20}},
     "detection": {"max_iter": 4, "steps": [], "warmup_iters": 2, "ims_per_batch": 2, "checkpoint_period": 2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from localagg.training.config import IRConfig, LAConfig, ModelConfig
 from localagg.training.distributed import DistInfo
 from localagg.training.pretrain import Pretrainer, param_groups
 
-from .conftest import make_arrays_dataset
+from .conftest import CodeRunningPickle, make_arrays_dataset
 
 MODEL = ModelConfig(arch="resnet18", stem="small", embedding_dim=16)
 AUG = AugmentSpec(crop_size=16, crop_scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0,
@@ -126,17 +127,17 @@ def _free_port() -> int:
 DDP_KW = dict(lr=0.005, epochs=1)
 
 
-def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out):
+def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out, extra=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        cfg = (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, num_processes=world)
+        cfg = (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, num_processes=world, **(extra or {}))
         init = out / "ir.pt" if kind == "la" else None
         t = Pretrainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init,
                        dist=DistInfo(rank, world, rank, torch.device("cpu")))
         t.run()
-        torch.save({"model": t.model.state_dict(), "bank": t.bank.memory}, out / f"ddp_{kind}_rank{rank}.pt")
+        torch.save({"model": t.model.state_dict(), "bank": t.bank.memory, "history": t.state.history}, out / f"ddp_{kind}_rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -166,6 +167,26 @@ def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
 
 
 
+@pytest.mark.slow
+def test_sync_bn_pretraining_on_two_gloo_processes_follows_one_process_with_the_whole_batch(tiny_data, tmp_path):
+    """The pretraining option end to end (test_batchnorm.py checks the arithmetic in float64): the two
+    steps' losses equal those of one process with batch norm over all 16 images, not those of
+    per-device batch norm (8 images each)."""
+    kw = {"batch_size": 16}
+    single = Pretrainer(ir_cfg(**DDP_KW, **kw), MODEL, AUG, tiny_data, tmp_path / "one")
+    single.run()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), "ir", tiny_data, tmp_path, {"sync_bn": True, **kw}), nprocs=2,
+             join=True)
+    r0, r1 = torch.load(tmp_path / "ddp_ir_rank0.pt"), torch.load(tmp_path / "ddp_ir_rank1.pt")
+    for name, value in r0["model"].items():
+        assert torch.equal(value, r1["model"][name]), f"{name}: replicas differ"
+    grouped = Pretrainer(ir_cfg(**DDP_KW, **kw, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "grouped")
+    grouped.run()
+    loss = r0["history"][0]["loss"]
+    assert loss == pytest.approx(single.state.history[0]["loss"], rel=1e-5)
+    assert abs(loss - grouped.state.history[0]["loss"]) > 100 * abs(loss - single.state.history[0]["loss"])
+
+
 def test_bank_init_features_starts_from_the_initial_network(tiny_data, tmp_path):
     from localagg.training.distributed import DistInfo as D
     from localagg.training.pretrain import _Batches
@@ -183,15 +204,82 @@ def test_bank_init_features_starts_from_the_initial_network(tiny_data, tmp_path)
 
 
 def test_supervised_reference_learns_the_labels(tiny_data, tmp_path):
+    """What must hold on any CPU: on separable classes the loss falls far and the classifier fits
+    the training labels (not one machine's trajectory). The classes are blob positions, so the
+    test's recipe drops random crops and flips (through the section's `augment` keys), which
+    would move a blob into another class's quadrant."""
+    from localagg.data.augment import evaluate_transform
     from localagg.training.config import SupervisedConfig
 
-    t = Pretrainer(SupervisedConfig(**{**COMMON, "epochs": 4, "lr": 0.05}), MODEL, AUG, tiny_data, tmp_path / "ck",
-                   val_dir=tiny_data)
+    cfg = SupervisedConfig(**{**COMMON, "epochs": 8, "lr": 0.01, "batch_size": 16,
+                              "augment": {"crop_scale": [1.0, 1.0], "hflip": False, "color_jitter": [0, 0, 0, 0]}})
+    aug = cfg.augment_spec(AUG)
+    t = Pretrainer(cfg, MODEL, aug, tiny_data, tmp_path / "ck", val_dir=tiny_data)
     res = t.run()
     losses = [h["loss"] for h in res.history]
-    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.1 * losses[0], losses
+    t.trainable.eval()
+    with torch.no_grad():
+        images, labels, _ = t.train.batch(torch.arange(len(t.train)))
+        predicted = t.trainable(evaluate_transform(images, aug)).argmax(1)
+    assert (predicted == labels).float().mean().item() >= 0.9
     t.export(tmp_path / "sup.pt")
     exported = ckpt.load(tmp_path / "sup.pt")
     assert exported["objective"] == "supervised" and exported["classifier"]["weight"].shape == (4, 512)
     # the same export format as IR/LA: later stages load it the same way
     assert exported["model_meta"] == {"arch": "resnet18", "stem": "small", "embedding_dim": 16}
+
+
+def test_supervised_augment_keys_replace_the_pretraining_recipe():
+    from localagg.training.config import SupervisedConfig
+
+    cfg = SupervisedConfig(epochs=1, augment={"crop_scale": [0.08, 1.0], "color_jitter": [0, 0, 0, 0]})
+    spec = cfg.augment_spec(AUG)
+    assert spec.crop_scale == (0.08, 1.0) and spec.color_jitter == (0, 0, 0, 0) and spec.crop_size == AUG.crop_size
+    with pytest.raises(ValueError, match="unknown augment key"):
+        SupervisedConfig(epochs=1, augment={"crop_scal": [0.08, 1.0]})
+
+
+def test_a_non_finite_loss_stops_training_at_once_and_exports_nothing(tiny_data, tmp_path):
+    hostile = AUG.model_copy(update={"mean": (1e38, 1e38, 1e38)})  # finite, but (x - mean) / std overflows float32
+    t = Pretrainer(ir_cfg(), MODEL, hostile, tiny_data, tmp_path / "ck")
+    with pytest.raises(UserError) as err:
+        t.run()
+    message = str(err.value)
+    assert "loss is nan at epoch 1, step 1" in message or "loss is inf at epoch 1, step 1" in message
+    assert "Nothing was exported" in message and "augment.mean" in message and "pretrain_ia.lr" in message
+    assert not (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_a_crafted_or_truncated_checkpoint_is_not_run_and_training_starts_over(tiny_data, tmp_path, caplog):
+    marker = tmp_path / "code-ran"
+    (tmp_path / "ck").mkdir()
+    torch.save({"identity": CodeRunningPickle(marker)}, tmp_path / "ck" / "last.pt")
+    t = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    with caplog.at_level("WARNING"):
+        assert not t.try_resume()
+    assert not marker.exists()
+    assert "could run code" in caplog.text and "starting this stage over" in caplog.text
+    t.run()
+    data = (tmp_path / "ck" / "last.pt").read_bytes()
+    (tmp_path / "ck" / "last.pt").write_bytes(data[:100])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert not Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").try_resume()
+    assert "cannot be read" in caplog.text
+    with pytest.raises(UserError, match="could run code"):
+        torch.save({"model": CodeRunningPickle(marker)}, tmp_path / "model.pt")
+        ckpt.load_export(tmp_path / "model.pt")
+    assert not marker.exists()
+
+
+def test_exports_are_byte_identical_across_runs(tiny_data, tmp_path):
+    """No timing inside model files: a rerun gives the same bytes, so DVC sees nothing changed downstream."""
+    for name in ("a", "b"):
+        t = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / f"ck_{name}")
+        t.run()
+        t.export(tmp_path / name / "ir.pt")  # the same name: torch.save records it in the archive
+    assert (tmp_path / "a" / "ir.pt").read_bytes() == (tmp_path / "b" / "ir.pt").read_bytes()
+    provenance = ckpt.load(tmp_path / "a" / "ir.pt")["provenance"]
+    assert [p["objective"] for p in provenance] == ["ir"] and provenance[0]["epochs_done"] == 1
+    assert provenance[0]["train_images"] == 32 and provenance[0]["arch"] == "resnet18"

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from localagg.errors import UserError
 from localagg.report.markdown import brace_paths
+from localagg.report.paper import RECIPE
 from stages import report
 from stages.cli import app
 
@@ -29,7 +30,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "report" / "exp_show.json"
 MODELS = ("la", "ir", "random", "supervised")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 BASE = {"la": 50.0, "ir": 40.0, "random": 10.0, "supervised": 70.0}
-OFFSET = {"top1": 0.0, "top5": 20.0, "top1_10crop": 1.0, "top5_10crop": 21.0}
+OFFSET = {"top1": 0.0, "top5": 10.0, "top1_10crop": 1.0, "top5_10crop": 11.0}
 AP50 = {"la": 60.0, "ir": 55.0, "random": 20.0, "supervised": 65.0}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,36 +44,82 @@ def dump(path, obj):
     path.write_text(json.dumps(obj))
 
 
+def paper_provenance(model: str, arch="resnet50", dataset="imagenet", train_images=1_281_167, crop=224,
+                     epochs=None) -> list[dict]:
+    """The provenance a model export records when every key of the paper's recipe was used."""
+    def stage(objective, section, done):
+        config = {k.split(".", 1)[1]: v for k, (v, _) in RECIPE.items() if k.startswith(section + ".")}
+        augment = {k.split(".", 1)[1]: v for k, (v, _) in RECIPE.items() if k.startswith("augment.")}
+        return {"objective": objective, "arch": arch, "stem": "imagenet", "embedding_dim": 128,
+                "augment": {**augment, "crop_size": crop}, "dataset": dataset, "train_images": train_images,
+                "val_images": 50_000, "world_size": 8, "config": config, "epochs_done": done}
+
+    epochs = epochs or {"ir": 10, "la": 190}
+    chain = [stage("ir", "pretrain_ia", epochs["ir"])]
+    if model == "la":
+        chain.append(stage("la", "pretrain_la", epochs["la"]))
+    elif model != "ir":
+        chain = [{"objective": model, "arch": arch, "epochs_done": 0}]
+    return chain
+
+
+def readout_protocol(role: str, dataset: str, train: int, val: int) -> dict:
+    readout = {k.split(".", 2)[2]: v for k, (v, _) in RECIPE.items() if k.startswith(f"transfer.{role}.")}
+    return {"dataset": dataset, "train_images": train, "val_images": val, "readout": readout,
+            "knn": {"k": 200, "temperature": 0.07}}
+
+
+def detection_protocol(train_sets=None, train_images=5_011, test_images=4_952) -> dict:
+    schedule = {k.split(".", 1)[1]: v for k, (v, _) in RECIPE.items() if k.startswith("detection.")}
+    return {"train_sets": train_sets or [["VOC2007", "trainval"]], "test_sets": [["VOC2007", "test"]],
+            "train_images": train_images, "test_images": test_images, **schedule}
+
+
 def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), arch="resnet18",
-              transfer_seeds=(0, 1)) -> Path:
-    """Every metrics file of a run under `root`: 4 models x 2 datasets x `transfer_seeds`,
-    detection with the default seed list [0], pretraining summaries and curves."""
+              transfer_seeds=(0, 1), paper_protocol=False, detection_sets=None) -> Path:
+    """Every record a run writes under `root`: 4 models x 2 datasets x `transfer_seeds`,
+    detection with the default seed list [0], pretraining summaries and curves. With
+    `paper_protocol`, protocols and provenance are the paper's (sizes included)."""
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({"transfer": {"seeds": list(transfer_seeds)}}))
     split = {"total": 100, "per_class": {}}
-    dump(root / "metrics/prepare.json", {
+    dump(root / "records/prepare.json", {
         "object": {"name": names[0], "classes": 10, "train": split, "val": split},
         "transfer": {"name": names[1], "classes": 10, "train": split, "val": split},
         "detection": {"name": names[2], "classes": 10, "trainval": {"images": 30}, "test": {"images": 10}}})
-    for stage, knn in (("pretrain_ia", 70.0), ("pretrain_la", 75.0), ("supervised", 80.0)):
-        summary = {"epochs": 4, "knn_top1_init": 60.0, "final_knn_top1": knn, "final_loss": 1.25}
+    sizes = {"object": (1_281_167, 50_000), "transfer": (2_448_873, 20_500)} if paper_protocol else \
+        {"object": (100, 100), "transfer": (100, 100)}
+
+    def provenance(model):
+        if paper_protocol:
+            return paper_provenance(model, arch=arch)
+        return paper_provenance(model, arch=arch, dataset=names[0], train_images=100, crop=28, epochs={"ir": 4, "la": 8})
+
+    for stage, model, knn in (("pretrain_ia", "ir", 70.0), ("pretrain_la", "la", 75.0), ("supervised", "supervised", 80.0)):
+        summary = {"model": model, "stage": stage, "epochs": 4, "knn_top1_init": 60.0, "final_knn_top1": knn,
+                   "final_loss": 1.25}
         if stage == "pretrain_la":
             summary.update(final_cluster_nmi=0.4475, final_cluster_singleton_fraction=0.0017,
                            cost={"wall_seconds": 3725.0, "train_seconds": 7300.0, "peak_rss_mb": 2048.0,
                                  "peak_gpu_mb": None})
-        dump(root / f"metrics/{stage}.json", summary)
+        dump(root / f"records/{stage}.json", summary)
     for model in MODELS:
         for d_index, dataset in enumerate(("object", "transfer")):
             for seed in transfer_seeds:
-                dump(root / f"metrics/transfer/{model}-{dataset}-seed{seed}.json", {
+                dump(root / f"records/transfer/{model}-{dataset}-seed{seed}.json", {
                     "model": model, "dataset": dataset, "dataset_name": names[d_index], "arch": arch, "seed": seed,
                     "epochs": 10, "knn_k": 200, "feature_dims": {layer: 512 for layer in LAYERS},
                     "linear": {layer: {m: linear_value(model, dataset, i, m, seed) for m in OFFSET}
                                for i, layer in enumerate(LAYERS)},
-                    "knn": {"embedding": BASE[model] + 3.0 + seed, "conv5": BASE[model] + 4.0}})
-        dump(root / f"metrics/detection/{model}-seed0.json", {
+                    "knn": {"embedding": BASE[model] + 3.0 + seed, "conv5": BASE[model] + 4.0},
+                    "protocol": readout_protocol(dataset, names[d_index], *sizes[dataset]),
+                    "provenance": provenance(model)})
+        dump(root / f"records/detection/{model}-seed0.json", {
             "model": model, "seed": 0, "arch": arch, "dataset_name": names[2], "AP50": AP50[model],
-            "AP": AP50[model] / 2, "AP75": AP50[model] / 4, "max_iter": 100, "ims_per_batch": 2,
+            "AP": AP50[model] / 2, "AP75": AP50[model] / 4,
+            "protocol": detection_protocol(detection_sets) if paper_protocol else
+            detection_protocol([["VOC2007", "trainval"]], 30, 10) | {"max_iter": 100},
+            "provenance": provenance(model),
             "cost": {"wall_seconds": 42.0, "peak_rss_mb": 1500.0, "peak_gpu_mb": 900.0}})
     for stage, losses in (("pretrain_ia", (8.0, 7.0)), ("pretrain_la", (2.0, 1.5, 1.25))):
         live = root / "dvclive" / stage / "plots" / "metrics"
@@ -103,31 +150,38 @@ def test_results_csv_has_exact_columns_mean_over_seeds_and_no_paper_for_other_da
     assert len(rows) == 2 * 4 * 5 * 4 + 2 * 4 * 2 + 4 * 3
     # la on the object set, conv5 (index 4), 10-crop: seeds 0 and 1 -> 59.0 and 60.0
     assert rows[("la", "linear", "fashion_mnist", "conv5", "top1_10crop")]["value"] == "59.5"
-    assert rows[("ir", "linear", "mnist_5k", "conv1", "top5")]["value"] == "65.5"
+    assert rows[("ir", "linear", "mnist_5k", "conv1", "top5")]["value"] == "55.5"
     assert rows[("supervised", "knn", "mnist_5k", "embedding", "top1")]["value"] == "73.5"
     assert rows[("random", "detection", "synthetic_voc", "", "AP75")]["value"] == "5"
     assert all(r["paper"] == "" for r in rows.values())
 
 
-def test_results_md_says_not_comparable_and_shows_mean_std_n(toy_run):
+def test_results_md_says_not_comparable_why_and_shows_mean_std_n(toy_run):
     report.run(toy_run, out=Path("reports"))
     md = Path("reports/results.md").read_text()
     assert "NOT comparable with the paper's" in md and "`fashion_mnist`" in md and "`resnet18`" in md
     headline = next(line for line in md.splitlines() if line.startswith("| ImageNet linear top-1, conv5, 10-crop"))
     cells = [c.strip() for c in headline.strip("|").split("|")]
-    assert cells == ["ImageNet linear top-1, conv5, 10-crop", "60.2", "59.50 ± 0.71 (n=2) (fashion_mnist, resnet18: "
-                     "not comparable)", "", "54.0", "49.50 ± 0.71 (n=2) (fashion_mnist, resnet18: not comparable)", ""]
+    assert cells[:2] == ["ImageNet linear top-1, conv5, 10-crop", "60.2"]
+    assert cells[2].startswith("59.50 ± 0.71 (n=2) (not comparable: resnet18 instead of resnet50; fashion_mnist "
+                               "instead of imagenet; 28 instead of 224 px; and ")
+    assert cells[3] == "" and cells[4] == "54.0" and cells[6] == ""
+    assert "IR 4 of 200 epochs" in md  # the paper's IR baseline trained 200 epochs
+    assert "IR + LA 4 + 8 of 10 + 190 epochs" in md
+    assert "readout epochs 10 instead of 70" not in md  # the fixture's readout follows the recipe
     for label in ("ImageNet linear top-1, conv5, centre crop", "Places205 linear top-1, conv5, 10-crop",
                   "VOC07 test detection AP50"):
         assert f"| {label} |" in md
+    assert "## Why not comparable" in md and "## Deviations from the authors' code" in md
     assert "| layer | crop | la (n=2) | ir (n=2) | random (n=2) | supervised (n=2) |" in md
     assert "| conv5 | 10-crop | 59.50 ± 0.71 | 49.50 ± 0.71 | 19.50 ± 0.71 | 79.50 ± 0.71 |" in md
     assert "| la | 1 | 60.00 | 30.00 | 15.00 |" in md  # detection, one seed: no ± std
-    assert "| `pretrain_la` | `metrics/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | n/a |" in md
-    assert "| `pretrain_ia` | `metrics/pretrain_ia.json` | n/a | n/a | n/a | n/a |" in md
+    assert "Trained on VOC07 trainval (30 images), tested on VOC07 test (10 images)" in md
+    assert "| `pretrain_la` | `records/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | n/a |" in md
+    assert "| `pretrain_ia` | `records/pretrain_ia.json` | n/a | n/a | n/a | n/a |" in md
     assert "| cluster NMI with the labels | 0.4475 |" in md
-    assert "Source: `metrics/transfer/{la,ir,random,supervised}-object-{seed0,seed1}.json`." in md
-    assert "- `metrics/transfer/random-transfer-seed1.json` (stage `transfer@random-transfer-1`)" in md
+    assert "Source: `records/transfer/{la,ir,random,supervised}-object-{seed0,seed1}.json`." in md
+    assert "- `records/transfer/random-transfer-seed1.json` (stage `transfer@random-transfer-1`)" in md
     for name in ("readout", "pretraining", "detection"):
         assert f"(figures/{name}.png)" in md
         assert Path(f"reports/figures/{name}.png").read_bytes()[:8] == PNG_MAGIC
@@ -146,42 +200,74 @@ def test_figures_are_byte_identical_across_runs(toy_run):
         assert Path(f"a/figures/{name}.png").read_bytes() == Path(f"b/figures/{name}.png").read_bytes()
 
 
-def test_paper_numbers_fill_only_the_papers_benchmark(tmp_path, monkeypatch):
+def test_the_papers_whole_protocol_fills_the_differences(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,))
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,),
+                       paper_protocol=True)
     report.run(params, out=Path("reports"))
     rows = rows_by_key(Path("reports/results.csv"))
     paper = {key: row["paper"] for key, row in rows.items() if row["paper"]}
+    # the LA rows are comparable; the paper's IR numbers come from a 200-epoch IR, not the 10-epoch warm start
     assert paper == {
         ("la", "linear", "imagenet", "conv5", "top1_10crop"): "60.2",
         ("la", "linear", "imagenet", "conv5", "top1"): "58.8",
         ("la", "linear", "places205", "conv5", "top1_10crop"): "50.1",
         ("la", "detection", "voc07", "", "AP50"): "69.1",
-        ("ir", "detection", "voc07", "", "AP50"): "65.4",
-        **{("ir", "linear", "imagenet", layer, "top1_10crop"): v
-           for layer, v in zip(LAYERS, ("15.3", "18.8", "24.9", "40.6", "54"))},
-        **{("ir", "linear", "places205", layer, "top1_10crop"): v
-           for layer, v in zip(LAYERS, ("18.1", "22.3", "29.7", "42.1", "45.5"))},
     }
     md = Path("reports/results.md").read_text()
-    assert "NOT comparable" not in md and "not comparable)" not in md
     # la ImageNet conv5 10-crop: 50 + 8 + 1 = 59.0 against 60.2
-    assert "| ImageNet linear top-1, conv5, 10-crop | 60.2 | 59.00 | -1.20 | 54.0 | 49.00 | -5.00 |" in md
-    assert "| VOC07 test detection AP50 | 69.1 | 60.00 | -9.10 | 65.4 | 55.00 | -10.40 |" in md
+    assert "| ImageNet linear top-1, conv5, 10-crop | 60.2 | 59.00 | -1.20 | 54.0 | 49.00 (not comparable: " \
+           "IR 10 of 200 epochs) |  |" in md
+    assert "| VOC07 test detection AP50 | 69.1 | 60.00 | -9.10 | 65.4 | 55.00 (not comparable: IR 10 of 200 " \
+           "epochs) |  |" in md
+    assert "Trained on VOC07 trainval (5,011 images), tested on VOC07 test (4,952 images)" in md
 
 
-def test_paper_dataset_with_another_architecture_is_not_comparable(tmp_path, monkeypatch):
+def test_a_full_ir_baseline_is_compared_with_the_papers_ir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet18", transfer_seeds=(0,))
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,),
+                       paper_protocol=True)
+    for path in Path("records").rglob("ir-*.json"):
+        _edit(str(path), lambda d: d.update(provenance=paper_provenance("ir", epochs={"ir": 200})))
     report.run(params, out=Path("reports"))
-    assert all(row["paper"] == "" for row in rows_by_key(Path("reports/results.csv")).values())
-    assert "NOT comparable with the paper's" in Path("reports/results.md").read_text()
+    assert rows_by_key(Path("reports/results.csv"))[("ir", "linear", "imagenet", "conv5", "top1_10crop")]["paper"] == "54"
+
+
+def test_community_voc07_12_training_is_not_subtracted_from_the_papers_voc07(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,),
+                       paper_protocol=True, detection_sets=[["VOC2007", "trainval"], ["VOC2012", "trainval"]])
+    report.run(params, out=Path("reports"))
+    assert rows_by_key(Path("reports/results.csv"))[("la", "detection", "voc07", "", "AP50")]["paper"] == ""
+    md = Path("reports/results.md").read_text()
+    assert ("| VOC07 test detection AP50 | 69.1 | 60.00 (not comparable: trained on VOC07+12 trainval instead of "
+            "the paper's VOC07 trainval) |  |") in md
+    assert "Trained on VOC07+12 trainval" in md
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda d: d["provenance"][0].update(train_images=40), "40 of 1,281,167 training images"),
+    (lambda d: d["provenance"][1].update(epochs_done=1), "IR + LA 10 + 1 of 10 + 190 epochs"),
+    (lambda d: d["provenance"][1]["config"].update(num_clusters=1000), "pretrain_la.num_clusters 1,000 instead of 30,000"),
+    (lambda d: d["protocol"]["readout"].update(epochs=1), "readout epochs 1 instead of 70"),
+    (lambda d: d["protocol"].update(val_images=10), "10 of 50,000 val images"),
+])
+def test_any_difference_in_the_protocol_makes_a_row_not_comparable(tmp_path, monkeypatch, edit, reason):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,),
+                       paper_protocol=True)
+    _edit("records/transfer/la-object-seed0.json", edit)
+    report.run(params, out=Path("reports"))
+    assert rows_by_key(Path("reports/results.csv"))[("la", "linear", "imagenet", "conv5", "top1_10crop")]["paper"] == ""
+    headline = next(line for line in Path("reports/results.md").read_text().splitlines()
+                    if line.startswith("| ImageNet linear top-1, conv5, 10-crop"))
+    assert f"(not comparable: {reason}" in headline
 
 
 @pytest.mark.parametrize("missing, fix", [
-    ("metrics/transfer/ir-transfer-seed1.json", "dvc repro transfer@ir-transfer-1"),
-    ("metrics/pretrain_la.json", "dvc repro pretrain_la"),
-    ("metrics/detection/la-seed0.json", "dvc repro detection@la-0"),
+    ("records/transfer/ir-transfer-seed1.json", "dvc repro transfer@ir-transfer-1"),
+    ("records/pretrain_la.json", "dvc repro pretrain_la"),
+    ("records/detection/la-seed0.json", "dvc repro detection@la-0"),
     ("dvclive/pretrain_ia/plots/metrics/loss.tsv", "dvc repro pretrain_ia"),
 ])
 def test_missing_input_names_the_file_and_the_stage_to_run(toy_run, missing, fix):
@@ -193,10 +279,10 @@ def test_missing_input_names_the_file_and_the_stage_to_run(toy_run, missing, fix
 
 
 def test_several_missing_files_are_listed_in_one_error(toy_run):
-    Path("metrics/supervised.json").unlink()
-    Path("metrics/transfer/la-object-seed0.json").unlink()
-    with pytest.raises(UserError, match=r"2 files the report needs do not exist: metrics/supervised.json "
-                                        r"\(`dvc repro supervised`\); metrics/transfer/la-object-seed0.json "
+    Path("records/supervised.json").unlink()
+    Path("records/transfer/la-object-seed0.json").unlink()
+    with pytest.raises(UserError, match=r"2 files the report needs do not exist: records/supervised.json "
+                                        r"\(`dvc repro supervised`\); records/transfer/la-object-seed0.json "
                                         r"\(`dvc repro transfer@la-object-0`\)"):
         report.run(toy_run, out=Path("reports"))
 
@@ -208,12 +294,16 @@ def _edit(path: str, fn) -> None:
 
 
 @pytest.mark.parametrize("path, edit, message", [
-    ("metrics/transfer/la-object-seed1.json", lambda d: d["linear"]["conv3"].pop("top5"),
-     "metrics/transfer/la-object-seed1.json: missing key linear.conv3.top5"),
-    ("metrics/pretrain_ia.json", lambda d: d.pop("final_loss"), "metrics/pretrain_ia.json: missing key final_loss"),
-    ("metrics/detection/ir-seed0.json", lambda d: d.update(AP="high"),
-     "metrics/detection/ir-seed0.json: AP should be a number, got 'high'"),
-    ("metrics/transfer/random-transfer-seed0.json", lambda d: d.update(dataset_name="places205"),
+    ("records/transfer/la-object-seed1.json", lambda d: d["linear"]["conv3"].pop("top5"),
+     "records/transfer/la-object-seed1.json: missing key linear.conv3.top5"),
+    ("records/pretrain_ia.json", lambda d: d.pop("final_loss"), "records/pretrain_ia.json: missing key final_loss"),
+    ("records/detection/ir-seed0.json", lambda d: d.update(AP="high"),
+     "records/detection/ir-seed0.json: AP should be a finite number, got 'high'"),
+    ("records/detection/ir-seed0.json", lambda d: d.update(AP=float("nan")),
+     "records/detection/ir-seed0.json: AP should be a finite number, got nan"),
+    ("records/transfer/la-object-seed0.json", lambda d: d["linear"]["conv2"].update(top1=250.0),
+     "records/transfer/la-object-seed0.json: linear.conv2.top1 = 250.0 is not a percentage in [0, 100]"),
+    ("records/transfer/random-transfer-seed0.json", lambda d: d.update(dataset_name="places205"),
      "metrics files of the same evaluation disagree on dataset or architecture"),
 ])
 def test_malformed_metrics_name_the_file_and_key(toy_run, path, edit, message):
@@ -224,9 +314,20 @@ def test_malformed_metrics_name_the_file_and_key(toy_run, path, edit, message):
     assert not Path("reports").exists()
 
 
+def test_a_record_copied_into_another_slot_is_refused(toy_run):
+    Path("records/transfer/la-object-seed0.json").write_text(Path("records/transfer/ir-object-seed0.json").read_text())
+    Path("records/pretrain_la.json").write_text(Path("records/pretrain_ia.json").read_text())
+    with pytest.raises(UserError) as err:
+        report.run(toy_run, out=Path("reports"))
+    assert "records/transfer/la-object-seed0.json: model 'ir' (expected 'la')" in str(err.value)
+    assert "records/pretrain_la.json: model 'ir' (expected 'la'), stage 'pretrain_ia' (expected 'pretrain_la')" \
+        in str(err.value)
+    assert not Path("reports").exists()
+
+
 def test_invalid_json_names_the_file(toy_run):
-    Path("metrics/transfer/la-object-seed0.json").write_text('{"model": "la",')
-    with pytest.raises(UserError, match=r"metrics/transfer/la-object-seed0.json is not valid JSON .*"
+    Path("records/transfer/la-object-seed0.json").write_text('{"model": "la",')
+    with pytest.raises(UserError, match=r"records/transfer/la-object-seed0.json is not valid JSON .*"
                                         r"rerun `dvc repro transfer@la-object-0`"):
         report.run(toy_run, out=Path("reports"))
 
@@ -238,11 +339,11 @@ def test_bad_seed_list_is_a_user_error(toy_run):
 
 
 def test_cli_missing_metrics_exits_2_with_one_line(toy_run):
-    Path("metrics/prepare.json").unlink()
+    Path("records/prepare.json").unlink()
     result = CliRunner().invoke(app, ["report", "--params", str(toy_run)])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
-    assert result.output.strip() == "error: metrics/prepare.json does not exist: run `dvc repro prepare`."
+    assert result.output.strip() == "error: records/prepare.json does not exist: run `dvc repro prepare`."
 
 
 def test_compare_table_from_dvc_exp_show(tmp_path):

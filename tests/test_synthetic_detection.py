@@ -90,7 +90,7 @@ def test_layout_and_prepare_voc_accepts_it(tmp_path):
     assert sorted(p.name for p in (year / "Annotations").iterdir()) == [f"{i:06d}.xml" for i in range(1, 11)]
     assert validate_voc_year(year, ["trainval", "test"], NAMES, workers=1) == []
     manifest = prepare_voc(
-        root, tmp_path / "voc.json", trainval=(("VOC2007", "trainval"),), test=(("VOC2007", "test"),), classes=NAMES, workers=1
+        root, tmp_path / "prepared", trainval=(("VOC2007", "trainval"),), test=(("VOC2007", "test"),), classes=NAMES, workers=1
     )
     assert manifest["counts"]["trainval"]["images"] == 6 and manifest["counts"]["test"]["images"] == 4
     objects = [len(read_annotation(year / "Annotations" / f"{i:06d}.xml").objects) for i in range(1, 11)]

@@ -134,8 +134,9 @@ def test_good_devkit_validates_and_manifest_counts(tmp_path):
     assert validate_voc_year(root / "VOC2007", ["trainval", "test"], VOC_CLASSES) == []
     assert validate_voc_year(root / "VOC2012", ["trainval"], VOC_CLASSES) == []
 
-    out = tmp_path / "out" / "voc.json"
-    manifest = prepare_voc(root, out, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
+    out_dir = tmp_path / "out"
+    out = out_dir / "detection.json"
+    manifest = prepare_voc(root, out_dir, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
     assert json.loads(out.read_text()) == manifest
     assert manifest["name"] == "voc_tiny"
     assert manifest["root"] == str(root.resolve())
@@ -147,12 +148,20 @@ def test_good_devkit_validates_and_manifest_counts(tmp_path):
     assert {k: v for k, v in tv["per_class"].items() if v} == {"cat": 3, "dog": 1, "person": 1}
     assert {k: v for k, v in te["per_class"].items() if v} == {"dog": 1, "person": 2}
     assert out.read_text().endswith("\n")
+    # normalised copies of exactly the listed annotations, with the split lists, for Detectron2
+    assert manifest["annotations"] == "VOCdevkit"
+    copies = out_dir / "VOCdevkit"
+    assert (copies / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split() == \
+        (root / "VOC2007" / "ImageSets" / "Main" / "test.txt").read_text().split()
+    assert read_annotation(copies / "VOC2012" / "Annotations" / "2012_000001.xml") == \
+        read_annotation(root / "VOC2012" / "Annotations" / "2012_000001.xml")
+    assert not (copies / "VOC2007" / "JPEGImages").exists()  # the images stay under the root
 
     # The manifest follows the annotations: a changed box changes it, equal data does not.
-    again = prepare_voc(root, out, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
+    again = prepare_voc(root, out_dir, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
     assert again == manifest
     _set_xml(root / "VOC2007" / "Annotations" / "000001.xml", "<xmax>10</xmax>", "<xmax>11</xmax>")
-    changed = prepare_voc(root, out, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
+    changed = prepare_voc(root, out_dir, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
     assert changed["sha256"]["trainval"] != manifest["sha256"]["trainval"]
     assert changed["sha256"]["test"] == manifest["sha256"]["test"]
 
@@ -167,7 +176,7 @@ def test_every_problem_in_one_error_and_nothing_written(tmp_path):
     good = (jpg / "000005.jpg").read_bytes()
     (jpg / "000005.jpg").write_bytes(good[: len(good) // 2])  # truncated JPEG: header fine, data cut
 
-    out = tmp_path / "out" / "voc.json"
+    out = tmp_path / "out"
     with pytest.raises(DatasetError) as info:
         prepare_voc(root, out, trainval=TRAINVAL, test=TEST, workers=1)
     problems = info.value.problems
@@ -185,7 +194,7 @@ def test_every_problem_in_one_error_and_nothing_written(tmp_path):
     assert "missing image" in one("000004.jpg")
     assert "does not decode" in one("000005.jpg")
     assert "check_images" in str(info.value)
-    assert not out.exists() and not out.parent.exists()
+    assert not out.exists()
 
 
 def test_size_mismatch_empty_box_and_check_images_off(tmp_path):
@@ -216,13 +225,13 @@ def test_missing_parts_are_named(tmp_path):
     assert "missing" in validate_voc_year(root / "VOC2099", ["trainval"], VOC_CLASSES)[0]
 
     with pytest.raises(DatasetError, match="VOC2099"):
-        prepare_voc(root, tmp_path / "m.json", trainval=(("VOC2099", "trainval"),), test=(("VOC2012", "trainval"),))
+        prepare_voc(root, tmp_path / "m", trainval=(("VOC2099", "trainval"),), test=(("VOC2012", "trainval"),))
 
 
 def test_class_list_must_match_annotations(tmp_path):
     root = _devkit(tmp_path / "VOCdevkit")
     with pytest.raises(DatasetError) as info:
-        prepare_voc(root, tmp_path / "m.json", trainval=TRAINVAL, test=TEST, classes=["cat", "dog"], workers=1)
+        prepare_voc(root, tmp_path / "m", trainval=TRAINVAL, test=TEST, classes=["cat", "dog"], workers=1)
     bad = info.value.problems
     assert len(bad) == 3 and all("'person'" in p and "(2 classes: cat, dog)" in p for p in bad)
     assert {Path(p.split(":")[0]).name for p in bad} == {"000003.xml", "000005.xml"}
@@ -232,16 +241,16 @@ def test_same_image_in_trainval_and_test_is_a_problem(tmp_path):
     root = _devkit(tmp_path / "VOCdevkit")
     (root / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("000004\n000001\n")
     with pytest.raises(DatasetError, match="both a trainval and a test split"):
-        prepare_voc(root, tmp_path / "m.json", trainval=TRAINVAL, test=TEST, workers=1)
+        prepare_voc(root, tmp_path / "m", trainval=TRAINVAL, test=TEST, workers=1)
 
 
 def test_missing_root_and_bad_arguments_are_user_errors(tmp_path):
     missing = tmp_path / "nowhere" / "VOCdevkit"
     with pytest.raises(UserError, match=r"nowhere.*VOCdevkit.*VOC2007.*VOC2012"):
-        prepare_voc(missing, tmp_path / "m.json")
+        prepare_voc(missing, tmp_path / "m")
     root = _devkit(tmp_path / "VOCdevkit")
     with pytest.raises(UserError, match="pair"):
-        prepare_voc(root, tmp_path / "m.json", trainval=("VOC2007",))
+        prepare_voc(root, tmp_path / "m", trainval=("VOC2007",))
     with pytest.raises(UserError, match="both trainval and test"):
-        prepare_voc(root, tmp_path / "m.json", trainval=TEST, test=TEST)
-    assert not (tmp_path / "m.json").exists()
+        prepare_voc(root, tmp_path / "m", trainval=TEST, test=TEST)
+    assert not (tmp_path / "m").exists()

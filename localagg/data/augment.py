@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AugmentSpec(BaseModel):
     """The augmentation recipe (params section `augment`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     crop_size: int = Field(224, ge=8, description="output side in pixels")
     crop_scale: tuple[float, float] = Field((0.2, 1.0), description="RandomResizedCrop area range")
@@ -37,6 +37,39 @@ class AugmentSpec(BaseModel):
     grayscale_p: float = Field(0.2, ge=0, le=1)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, value):
+        return check_range(value, upper=1.0)
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _ratio(cls, value):
+        return check_range(value)
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, value):
+        if min(value) <= 0:
+            raise ValueError("must be > 0 for every channel (inputs are divided by it)")
+        return value
+
+    @field_validator("color_jitter")
+    @classmethod
+    def _jitter(cls, value):
+        if min(value) < 0 or value[3] > 0.5:
+            raise ValueError("is [brightness, contrast, saturation, hue] with each >= 0 and hue <= 0.5")
+        return value
+
+
+def check_range(value: tuple[float, float], upper: float | None = None) -> tuple[float, float]:
+    """`value` when it is a [min, max] pair with 0 < min <= max (<= upper when given); else ValueError."""
+    lo, hi = value
+    if not (0 < lo <= hi) or (upper is not None and hi > upper):
+        limit = f" <= {upper:g}" if upper is not None else ""
+        raise ValueError(f"must be [min, max] with 0 < min <= max{limit}")
+    return value
 
 
 def step_generator(seed: int, *keys: int) -> torch.Generator:

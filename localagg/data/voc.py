@@ -16,8 +16,14 @@ xmin == xmax). Detectron2's VOC loader subtracts 1 from xmin and ymin to get its
 continuous [x0, x1) coordinates.
 
 `prepare_voc` validates every listed (year, split) before anything is written, lists
-every problem in one `DatasetError`, and writes a small JSON manifest that the detection
-stage reads to register each (year, split) with Detectron2's `register_pascal_voc`.
+every problem in one `DatasetError`, and writes into its output folder a small JSON
+manifest and a normalised copy of every listed annotation (VOCdevkit/<year>/Annotations
+and ImageSets/Main; the JPEGs stay under the user's root). Released VOC files hold forms
+that the parser accepts but Detectron2's VOC evaluator does not (coordinates written as
+"273.0", an empty `<truncated/>` or `<difficult/>`, a missing `<difficult>`, names with
+trailing spaces); the copies are written by `annotation_to_xml` with integer coordinates,
+0/1 flags and stripped names, and the detection stage trains and tests from them, so no
+such file can fail after training has started.
 """
 
 from __future__ import annotations
@@ -316,20 +322,28 @@ def _check_annotation(ann: VocAnnotation, xml_path: Path, known: set[str], class
 # --------------------------------------------------------------------------- manifest
 
 
+MANIFEST = "detection.json"
+ANNOTATIONS = "VOCdevkit"  # the normalised annotation copies, beside the manifest
+
+
 def read_voc_manifest(path: str | os.PathLike) -> dict:
-    """A manifest written by `prepare_voc`, with its root made absolute (a relative root is
-    relative to the manifest's folder); a missing file is a `UserError` naming the stage."""
+    """A manifest written by `prepare_voc`, with its image root and annotation folder made
+    absolute (relative ones are relative to the manifest's folder); a missing file is a
+    `UserError` naming the stage."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: run the `prepare` stage first (`dvc repro prepare`).")
     manifest = json.loads(path.read_text())
-    manifest["root"] = str((path.parent / manifest["root"]).resolve())
+    if "annotations" not in manifest:
+        raise UserError(f"{path} was written by an older localagg (no normalised annotations): rerun `dvc repro prepare`.")
+    for key in ("root", "annotations"):
+        manifest[key] = str((path.parent / manifest[key]).resolve())
     return manifest
 
 
 def prepare_voc(
     root: str | os.PathLike,
-    out_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
     trainval: Iterable[Sequence[str]] = DEFAULT_TRAINVAL,
     test: Iterable[Sequence[str]] = DEFAULT_TEST,
     classes: Sequence[str] = VOC_CLASSES,
@@ -337,14 +351,17 @@ def prepare_voc(
     workers: int = 0,
     name: str = "voc",
 ) -> dict:
-    """Validate the VOCdevkit at `root` and write the JSON manifest `out_path`; return it.
+    """Validate the VOCdevkit at `root`, write `out_dir`/detection.json (the manifest) and the
+    normalised annotations under `out_dir`/VOCdevkit; return the manifest.
 
     `trainval` and `test` list (year, split) pairs, e.g. (("VOC2007", "trainval"),). The
-    manifest holds name, the absolute root, classes, the pairs of each set, counts
-    (images, objects, objects per class) and a sha256 per set over its split lists and
-    annotation files, so that it changes whenever the annotations do. Raises `UserError`
-    if `root` is missing or the arguments are wrong, and one `DatasetError` listing every
-    problem found; nothing is written then.
+    manifest holds name, the image root (absolute; relative when `root` is inside
+    `out_dir`), the annotation folder (relative to `out_dir`), classes, the pairs of each
+    set, counts (images, objects, objects per class) and a sha256 per set over its split
+    lists and annotation files, so that it changes whenever the annotations do. Raises
+    `UserError` if `root` is missing or the arguments are wrong, and one `DatasetError`
+    listing every problem found; nothing is written then. `out_dir` may be `root` itself
+    (the synthetic set): the copies then replace annotations that were already normalised.
     """
     root = Path(root)
     if not root.is_dir():
@@ -403,16 +420,33 @@ def prepare_voc(
                 h.update(f"{year}/{split}/{image_id}:{xml_hash}\n".encode())
         counts[set_name] = {"images": n_images, "objects": n_objects, "per_class": per_class}
         digests[set_name] = h.hexdigest()
+    out_dir = Path(out_dir)
+    for year, splits in by_year.items():
+        write_normalized(out_dir / ANNOTATIONS / year, {s: ids[(year, s)] for s in splits}, parsed[year])
+    root_abs, out_abs = root.resolve(), out_dir.resolve()
     manifest = {
         "name": name,
-        "root": str(root.resolve()),
+        "root": str(root_abs.relative_to(out_abs)) if root_abs.is_relative_to(out_abs) else str(root_abs),
+        "annotations": ANNOTATIONS,
         "classes": classes,
         "splits": {k: [list(p) for p in v] for k, v in sets.items()},
         "counts": counts,
         "sha256": digests,
     }
-    write_json(out_path, manifest)
+    write_json(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def write_normalized(year_dir: Path, ids_by_split: dict[str, list[str]],
+                     parsed: dict[str, tuple[VocAnnotation, str]]) -> None:
+    """Annotations/<id>.xml (as `annotation_to_xml` writes them) and ImageSets/Main/<split>.txt
+    of the listed ids under `year_dir`: what Detectron2's loader and VOC evaluator read."""
+    (year_dir / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    (year_dir / "Annotations").mkdir(parents=True, exist_ok=True)
+    for split, ids in ids_by_split.items():
+        (year_dir / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for image_id in ids:
+            write_annotation(parsed[image_id][0], year_dir / "Annotations" / f"{image_id}.xml", folder=year_dir.name)
 
 
 def _pairs(pairs: Iterable[Sequence[str]], what: str) -> list[tuple[str, str]]:

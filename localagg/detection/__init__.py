@@ -1,9 +1,10 @@
 """Detection transfer (the paper's third result): Faster R-CNN C4 on PASCAL VOC with Detectron2.
 
     protocol `DetectionConfig`: the protocol's knobs (no Detectron2 import)
-    convert  localagg checkpoint -> Detectron2 names (.pkl), strict loading into the model
+    convert  localagg checkpoint -> Detectron2 names (a .pth), strict loading into the model
     config   `DetectionConfig` -> Detectron2 config; the res5 ROI head
-    train    VOC manifest -> Detectron2 datasets; fine-tune, test with the VOC evaluator
+    data     VOC manifest -> Detectron2 datasets; the training stream, a function of the iteration
+    train    fine-tune (resumable), test with the VOC evaluator
 
 Names are imported on first use (PEP 562), so `localagg.detection.protocol` can be read
 without loading Detectron2; every other submodule imports it.
@@ -17,11 +18,11 @@ _WHERE = {
     "DetectionConfig": "protocol",
     "build_cfg": "config",
     "convert_to_detectron2": "convert",
-    "load_detectron2_pkl": "convert",
+    "load_converted": "convert",
     "load_strict": "convert",
-    "save_detectron2_pkl": "convert",
+    "save_converted": "convert",
     "launch_training": "train",
-    "register_voc_manifest": "train",
+    "register_voc_manifest": "data",
     "train_detector": "train",
 }
 

@@ -10,9 +10,10 @@ Renaming (torchvision -> Detectron2), as MoCo's and VISSL's converters do::
     trunk.layer{N}.{b}.downsample.1.*                 -> res{N+1}.{b}.shortcut.norm.*
     head.*, *.num_batches_tracked                     dropped
 
-The result is {"model": {name: numpy array}, "__author__": "localagg", "matching_heuristics": True}:
-"__author__" (anything but "Caffe2") stops Detectron2's checkpointer from treating the .pkl as
-a Caffe2 blob and renaming it again. Only the imagenet stem (7x7/2 conv + 3x3/2 max-pool) is
+The result is {"model": {name: tensor}, "__author__": "localagg", "matching_heuristics": True}
+("__author__", anything but "Caffe2", keeps Detectron2's checkpointer from renaming the keys
+again as it would a Caffe2 blob), saved with torch.save (`save_converted`) and read back
+without unpickling code (`load_converted`). Only the imagenet stem (7x7/2 conv + 3x3/2 max-pool) is
 Detectron2's `BasicStem`; torchvision's blocks put the stride in the 3x3 conv, so the
 Detectron2 config needs RESNETS.STRIDE_IN_1X1 = False.
 
@@ -25,15 +26,13 @@ every backbone and res5 tensor is filled, and only then loads.
 from __future__ import annotations
 
 import os
-import pickle
 import re
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..training import checkpoint as ckpt
 
 # localagg archs that have a Detectron2 ResNet counterpart (RESNETS.DEPTH).
 DEPTHS = {"resnet18": 18, "resnet50": 50}
@@ -58,7 +57,7 @@ def convert_to_detectron2(state_dict: dict, model_meta: dict) -> dict:
             f"this one has arch {arch!r}, stem {stem!r}. Pretrain with model.stem: imagenet "
             "(the 3x3/1 'small' stem has no Detectron2 counterpart)."
         )
-    model: dict[str, np.ndarray] = {}
+    model: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, value in state_dict.items():
         if key.startswith("head.") or key.endswith(".num_batches_tracked"):
@@ -67,7 +66,7 @@ def convert_to_detectron2(state_dict: dict, model_meta: dict) -> dict:
         if name is None:
             unknown.append(key)
             continue
-        model[name] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        model[name] = value.detach().cpu().clone() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
     if unknown:
         raise UserError(f"checkpoint keys with no Detectron2 name: {', '.join(sorted(unknown))}")
     return {"model": model, "__author__": "localagg", "matching_heuristics": True}
@@ -95,22 +94,18 @@ def _detectron2_name(key: str) -> str | None:
     return None
 
 
-def save_detectron2_pkl(obj: dict, path: str | os.PathLike) -> None:
-    """Pickle a converted checkpoint to `path` (atomically), the format MODEL.WEIGHTS reads."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+def save_converted(obj: dict, path: str | os.PathLike) -> None:
+    """Write a converted checkpoint to `path` (atomically) with torch.save: tensors and plain
+    values only, so `load_converted` reads it without unpickling code, and Detectron2's own
+    DetectionCheckpointer loads it as MODEL.WEIGHTS (a .pth with "model", "__author__" and
+    "matching_heuristics")."""
+    ckpt.save(obj, path)
 
 
-def load_detectron2_pkl(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by `save_detectron2_pkl`; `UserError` if it is missing or foreign."""
-    try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f)
-    except FileNotFoundError:
-        raise UserError(f"converted backbone {path} does not exist: convert the pretrained checkpoint first.") from None
-    except Exception as exc:  # truncated or not a pickle
-        raise UserError(f"converted backbone {path} cannot be read ({type(exc).__name__}: {exc}); convert it again.") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+def load_converted(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by `save_converted` (weights only); `UserError` if it is missing or foreign."""
+    obj = ckpt.load(path, "converted backbone")
+    if not isinstance(obj.get("model"), dict):
         raise UserError(f"{path} is not a converted checkpoint (a dict with a 'model' dict); convert it again.")
     return obj
 
@@ -145,9 +140,9 @@ def load_strict(d2_model: nn.Module, converted: dict) -> None:
     unused = sorted(name for key, name in mapped.items() if key not in wanted)
     missing = sorted(wanted - set(mapped))
     wrong_shape = sorted(
-        f"{name} {tuple(np.shape(weights[name]))} vs {tuple(target[key].shape)} in the model"
+        f"{name} {tuple(torch.as_tensor(weights[name]).shape)} vs {tuple(target[key].shape)} in the model"
         for key, name in mapped.items()
-        if key in wanted and tuple(np.shape(weights[name])) != tuple(target[key].shape)
+        if key in wanted and tuple(torch.as_tensor(weights[name]).shape) != tuple(target[key].shape)
     )
     problems = []
     if unused:
@@ -161,5 +156,5 @@ def load_strict(d2_model: nn.Module, converted: dict) -> None:
             "the converted backbone does not match the Detectron2 model (is RESNETS.DEPTH the "
             "checkpoint's arch?):\n  " + "\n  ".join(problems)
         )
-    state = {key: torch.as_tensor(np.asarray(weights[name])) for key, name in mapped.items()}
+    state = {key: torch.as_tensor(weights[name]) for key, name in mapped.items()}
     d2_model.load_state_dict(state, strict=False)

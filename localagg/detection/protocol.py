@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class DetectionConfig(BaseModel):
     """Arch-independent knobs of the detection fine-tuning (iterations count optimizer steps)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_iter: int = Field(24000, ge=1)
     ims_per_batch: int = Field(16, ge=1, description="images per step over all GPUs")

@@ -7,13 +7,15 @@ with SGD (momentum 0.9, lr 0.01 with step drops, batch 128, weight decay 1e-4 on
 classifiers) and cross-entropy; evaluation reports the centre crop and the 10-crop score
 (softmax outputs averaged over the ten crops of crops.py).
 
-Per layer, for a map f (B, C, H, W):
+Per layer, for a map f (B, C, H, W), with `pool_rule` "vissl" (the default):
     p = flatten(adaptive_avg_pool(f, (s_h, s_w)))        (B, D),  D = C s_h s_w
     s = max(1, floor(sqrt(target / C)))                  the largest side with C s^2 <= target
     s_h = min(H, s), s_w = min(W, s)                     (a map is never upsampled)
     logits = W_l (p - mu) / sigma + b_l                  (B, num_classes)
-The pooling is VISSL's choice (about `pool_target_dims` = 9000 dimensions a layer), not the
-official code's flatten-and-halve-while-over-200,000 rule. D for conv1..conv5:
+and with `pool_rule` "official" (the authors' TF code, `pool_target_dims` = 200,000): f is
+average-pooled by 2 when C H W > 200,000, by 4 when C H W / 4 is still above it, else kept;
+ResNet-50 at 224 px with conv1 read after the max-pool gives D = 50,176 / 50,176 / 100,352 /
+50,176 / 100,352. VISSL's D for conv1..conv5 (`pool_target_dims` = 9000):
     ResNet-18, 224 px, imagenet stem   7744, 7744, 8192, 6400, 8192
     ResNet-50, 224 px, imagenet stem   7744, 6400, 8192, 4096, 8192
     ResNet-18, 28 px, small stem       7744, 7744, 8192, 6400, 8192
@@ -35,7 +37,9 @@ Geometry (uint8 batches from the prepared datasets, processed on the device):
     none                      the eval geometry for training too (features may be cached)
     resize_random_crop_flip   resize to `eval_resize`, random `crop_size` crop, flip (Places205)
     random_resized_crop_flip  RandomResizedCrop(`crop_size`, scale `crop_scale`, ratio 3/4-4/3)
-                              + flip (ImageNet), resampled as augment.apply does
+                              + flip (ImageNet, VISSL), resampled as augment.apply does
+    pretraining               the pretraining recipe (the `augment` section: random resized crop,
+                              colour jitter, grey, flip) at `crop_size` (ImageNet in the TF code)
 File datasets (ImageNet, Places205) must be opened with
 `open_split(dir, split, crop_size=eval_resize, resize=eval_resize)` (transfer.open_readout_split):
 each image arrives as its central eval_resize square, so random crops are taken from that
@@ -51,11 +55,11 @@ from typing import Iterable, Iterator, Literal, Protocol
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import augment
-from ..data.augment import AugmentSpec, step_generator
+from ..data.augment import AugmentSpec, check_range, step_generator
 from ..models.backbone import READOUT_LAYERS, EmbeddingNet
 from ..progress import track
 from ..training.config import StepSchedule
@@ -73,10 +77,17 @@ class EpochLogger(Protocol):
 class LinearReadoutConfig(StepSchedule, BaseModel):
     """The readout recipe (la-method.md: SGD 0.9, lr 0.01, batch 128, wd 1e-4, drops x0.1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     layers: list[ReadoutLayer] = Field(default_factory=lambda: list(READOUT_LAYERS))
-    pool_target_dims: int = Field(9000, ge=1, description="pool each map to the largest s x s with C s^2 <= this")
+    pool_rule: Literal["vissl", "official"] = Field(
+        "vissl", description="vissl: pool each map to about pool_target_dims; official (the authors' TF code): "
+                             "pool by 2 or 4 only while it has more than pool_target_dims (200,000) dimensions")
+    pool_target_dims: int = Field(9000, ge=1, description="vissl: the largest s x s with C s^2 <= this; "
+                                                          "official: the dimension limit (200000)")
+    conv1_point: Literal["before_maxpool", "after_maxpool"] = Field(
+        "before_maxpool", description="where conv1 is read: the stem's ReLU output (VISSL) or after its max-pool "
+                                      "(the authors' TF code)")
     epochs: int = Field(..., ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.01, gt=0)
@@ -87,8 +98,11 @@ class LinearReadoutConfig(StepSchedule, BaseModel):
     seed: int = 0
     crop_size: int = Field(224, ge=8)
     eval_resize: int | None = Field(None, ge=8, description="shorter side before cropping; default round(crop_size * 256 / 224)")
-    train_augment: Literal["random_resized_crop_flip", "resize_random_crop_flip", "none"] = "random_resized_crop_flip"
+    train_augment: Literal["random_resized_crop_flip", "resize_random_crop_flip", "pretraining", "none"] = (
+        "random_resized_crop_flip")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range of random_resized_crop_flip")
+
+    _crop_scale = field_validator("crop_scale")(lambda value: check_range(value, upper=1.0))
     ten_crop: bool = Field(True, description="also evaluate on 10 crops (softmax averaged)")
     cache_features: bool = Field(False, description="train_augment none only: pool the features once, train on the cache")
     standardize: bool = Field(True, description="fixed per-dimension standardisation of the pooled features")
@@ -124,13 +138,31 @@ def pooled_dim(channels: int, spatial: int, target: int = 9000) -> int:
     return channels * s * s
 
 
-class LayerReadout(nn.Module):
-    """Adaptive average pool -> flatten -> fixed standardisation -> linear, for one layer."""
+def official_factor(channels: int, height: int, width: int, max_dims: int = 200_000) -> int:
+    """The authors' TF rule: no pooling when C H W <= max_dims, else average-pool by 2, or by 4
+    when a quarter of the size is still above max_dims."""
+    size = channels * height * width
+    return 1 if size <= max_dims else (2 if size / 4 <= max_dims else 4)
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, target: int):
+
+class LayerReadout(nn.Module):
+    """Average pool -> flatten -> fixed standardisation -> linear, for one layer.
+
+    rule "vissl": adaptive pool to (min(H, s), min(W, s)), s = pool_side(C, target);
+    rule "official": pool by f = official_factor(C, H, W, target) with stride f, windows that
+    run past the edge averaged over what they hold (TF's SAME padding), to (ceil(H/f), ceil(W/f)).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, target: int,
+                 rule: str = "vissl"):
         super().__init__()
-        s = pool_side(channels, target)
-        self.pool_size = (min(height, s), min(width, s))
+        self.rule = rule
+        if rule == "official":
+            self.factor = official_factor(channels, height, width, target)
+            self.pool_size = (-(-height // self.factor), -(-width // self.factor))
+        else:
+            s = pool_side(channels, target)
+            self.pool_size = (min(height, s), min(width, s))
         self.dim = channels * self.pool_size[0] * self.pool_size[1]
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("inv_std", torch.ones(self.dim))
@@ -138,6 +170,10 @@ class LayerReadout(nn.Module):
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, D)."""
+        if self.rule == "official":
+            if self.factor > 1:
+                fmap = F.avg_pool2d(fmap, self.factor, self.factor, ceil_mode=True, count_include_pad=False)
+            return fmap.flatten(1)
         return F.adaptive_avg_pool2d(fmap, self.pool_size).flatten(1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -170,11 +206,11 @@ class _Readout:
             p.requires_grad_(False)
         with torch.no_grad():
             probe = torch.zeros(1, 3, cfg.crop_size, cfg.crop_size, device=self.device)
-            shapes = {n: f.shape[1:] for n, f in self.model.features(probe, cfg.layers).items()}
+            shapes = {n: f.shape[1:] for n, f in self._features(probe).items()}
         g = torch.Generator().manual_seed(cfg.seed)
         self.heads = nn.ModuleDict()
         for name in cfg.layers:
-            head = LayerReadout(*shapes[name], num_classes, cfg.pool_target_dims)
+            head = LayerReadout(*shapes[name], num_classes, cfg.pool_target_dims, cfg.pool_rule)
             with torch.no_grad():
                 head.fc.weight.normal_(0.0, 0.01, generator=g)
                 head.fc.bias.zero_()
@@ -183,8 +219,13 @@ class _Readout:
         # geometry of random_resized_crop_flip: augment.apply without colour or grey changes
         self.rrc = AugmentSpec(crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, hflip=True,
                                color_jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, mean=spec.mean, std=spec.std)
+        # train_augment "pretraining" (the authors' TF readout): the pretraining recipe at the readout's crop size
+        self.pretraining = spec.model_copy(update={"crop_size": cfg.crop_size})
 
     # ------------------------------------------------------------------ geometry and features
+
+    def _features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.features(x, self.cfg.layers, conv1_after_maxpool=self.cfg.conv1_point == "after_maxpool")
 
     def _batches(self, ds: Dataset, index_batches: list[torch.Tensor]):
         return iter_batches(ds, index_batches, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
@@ -196,9 +237,10 @@ class _Readout:
     def train_view(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> normalised training crops (B, 3, S, S)."""
         cfg = self.cfg
-        if cfg.train_augment == "random_resized_crop_flip":
-            d = augment.draw(self.rrc, images.shape[0], images.shape[2], images.shape[3], g)
-            return augment.apply(images.to(self.device), d, self.rrc)
+        if cfg.train_augment in ("random_resized_crop_flip", "pretraining"):
+            spec = self.rrc if cfg.train_augment == "random_resized_crop_flip" else self.pretraining
+            d = augment.draw(spec, images.shape[0], images.shape[2], images.shape[3], g)
+            return augment.apply(images.to(self.device), d, spec)
         x = self.eval_view(images)
         if cfg.train_augment == "none":
             return augment.normalize(center_crop(x, cfg.crop_size), self.spec)
@@ -211,7 +253,7 @@ class _Readout:
     @torch.no_grad()
     def pooled(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised images (B, 3, S, S) -> {layer: pooled features (B, D)}, one backbone forward."""
-        maps = self.model.features(x, self.cfg.layers)
+        maps = self._features(x)
         return {n: self.heads[n].pool(maps[n]) for n in self.cfg.layers}
 
     def _eval_pooled(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

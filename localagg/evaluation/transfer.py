@@ -30,21 +30,22 @@ from .knn import knn_top1
 from .linear import LinearReadoutConfig, iter_batches
 
 
-def load_backbone(checkpoint_path: str | Path | None, model_cfg: ModelConfig, seed: int = 0) -> EmbeddingNet:
+def load_backbone(checkpoint_path: str | Path | None, model_cfg: ModelConfig, seed: int = 0,
+                  export: dict | None = None) -> EmbeddingNet:
     """The pretrained EmbeddingNet exported by `pretrain` (models/{la,ir,supervised,random}.pt), or, for
     `checkpoint_path=None`, a randomly initialised one (the `random` baseline, seeded by `seed`
     without touching torch's global random state).
 
     The checkpoint's "model_meta" must equal `model_cfg`'s arch, stem and embedding_dim;
     a missing file, a file that is not a pretrain export, or another model is a UserError
-    naming the file and what differs.
+    naming the file and what differs. `export`: the file's content, when the caller has read it.
     """
     if checkpoint_path is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
     model = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
-    state = ckpt.load_export(checkpoint_path, "pretrained model")
+    state = export if export is not None else ckpt.load_export(checkpoint_path, "pretrained model")
     check_meta(state["model_meta"], model.meta(), str(checkpoint_path))
     try:
         model.load_state_dict(state["model"])

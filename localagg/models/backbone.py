@@ -7,7 +7,8 @@ Stems, chosen by params:
     small     3x3/1 conv, no max-pool (CIFAR-style, for 28-64 px inputs; 4x the compute)
 
 Readout points for the transfer stage ("conv1".."conv5", as VISSL names them res1..res5):
-    conv1  stem output after ReLU, before the max-pool
+    conv1  stem output after ReLU, before the max-pool (VISSL; after it on request, as the
+           authors' TF code reads it)
     conv2..conv5  outputs of layer1..layer4
 
 The paper's ResNets are pre-activation (v2); torchvision's are v1, the usual substitute
@@ -64,13 +65,17 @@ class EmbeddingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.trunk(x)), dim=1)
 
-    def features(self, x: torch.Tensor, layers=READOUT_LAYERS) -> dict[str, torch.Tensor]:
-        """Readout maps {name: (B, C, H, W)} for the requested layers, in one forward."""
+    def features(self, x: torch.Tensor, layers=READOUT_LAYERS, conv1_after_maxpool: bool = False) -> dict[str, torch.Tensor]:
+        """Readout maps {name: (B, C, H, W)} for the requested layers, in one forward; conv1 is
+        the stem's ReLU output, or its max-pooled output with `conv1_after_maxpool` (the
+        authors' TF readout point)."""
         t = self.trunk
         out = {}
         x = t.relu(t.bn1(t.conv1(x)))
         out["conv1"] = x
         x = t.maxpool(x)
+        if conv1_after_maxpool:
+            out["conv1"] = x
         for name, layer in zip(READOUT_LAYERS[1:], (t.layer1, t.layer2, t.layer3, t.layer4)):
             x = layer(x)
             out[name] = x
@@ -91,27 +96,3 @@ def check_meta(found: dict, expected: dict, source: str) -> None:
             f"{source} was trained with another model ({'; '.join(diffs)}). "
             "Use the same `model` params as the run that wrote it, or rerun that stage."
         )
-
-
-class GroupBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are computed over `groups` equal slices of the batch.
-
-    One process with groups = W normalises exactly as W data-parallel processes with
-    per-device batch norm do (each over its own slice); running statistics are updated once
-    per slice. Evaluation is unchanged.
-    """
-
-    groups: int = 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.groups == 1:
-            return super().forward(x)
-        return torch.cat([super(GroupBatchNorm2d, self).forward(c) for c in x.chunk(self.groups)])
-
-
-def set_bn_groups(model: nn.Module, groups: int) -> None:
-    """Make every BatchNorm2d of `model` a GroupBatchNorm2d over `groups` slices (state unchanged)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.__class__ = GroupBatchNorm2d
-            m.groups = groups

@@ -23,6 +23,8 @@ NCE (K = num_negatives > 0 noise rows n_1..n_K drawn uniformly, P_n = 1/N):
     is the buffer `normalizer` (-1 until estimated), saved in the state_dict so that a
     resumed run keeps it. Under torch.distributed the first-batch mean is averaged over the
     ranks, so every rank uses the same Z. No gradient flows through Z.
+    With `normalizer_per_item` given, Z = normalizer_per_item * N from the start and is never
+    estimated: the authors' TF code fixes Z = 2876934.2 / 1281167 * N.
 
 Full softmax (K = 0): loss = cross_entropy(v_i . bank.T / tau, i), mean over the batch, no Z.
 """
@@ -47,11 +49,13 @@ class InstanceRecognitionLoss(torch.nn.Module):
         num_items: N, the number of bank rows (training images).
         num_negatives: K noise rows per sample; 0 gives the full softmax over the bank.
         temperature: tau.
+        normalizer_per_item: fix Z = normalizer_per_item * N instead of estimating it.
     """
 
     normalizer: torch.Tensor
 
-    def __init__(self, num_items: int, num_negatives: int = 4096, temperature: float = 0.07):
+    def __init__(self, num_items: int, num_negatives: int = 4096, temperature: float = 0.07,
+                 normalizer_per_item: float | None = None):
         super().__init__()
         if num_items < 1:
             raise ValueError(f"InstanceRecognitionLoss: num_items must be >= 1, got {num_items}")
@@ -66,7 +70,10 @@ class InstanceRecognitionLoss(torch.nn.Module):
         self.num_items = int(num_items)
         self.num_negatives = int(num_negatives)
         self.temperature = float(temperature)
-        self.register_buffer("normalizer", torch.tensor(-1.0, dtype=torch.float64))
+        if normalizer_per_item is not None and not normalizer_per_item > 0:
+            raise ValueError(f"InstanceRecognitionLoss: normalizer_per_item must be > 0, got {normalizer_per_item}")
+        z = -1.0 if normalizer_per_item is None else float(normalizer_per_item) * self.num_items
+        self.register_buffer("normalizer", torch.tensor(z, dtype=torch.float64))
 
     def extra_repr(self) -> str:
         return (

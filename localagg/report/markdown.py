@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 
-from .paper import HEADLINE, PAPER_ARCH, is_benchmark, paper_value
+from .comparability import set_name
+from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, paper_value
 from .results import KNN_LAYERS, LAYERS, MODELS, ROLES, Cell, Record, RunMetrics, Stat
 
 ROLE_NOUN = {"object": "object set", "transfer": "transfer set", "detection": "detection set"}
@@ -24,9 +25,10 @@ classifier on the frozen features of each layer (conv1..conv5) and evaluates it 
 crop ("centre") and on 10 crops ("10-crop"); kNN is the weighted k-nearest-neighbour top-1 on
 the embedding or on conv5. A cell is the mean ± sample standard deviation over seeds (n, the
 number of seeds, is in the column header or next to the value); one seed shows the value
-alone. The paper's numbers sit next to a result only where this run measured the same
-benchmark (same dataset and ResNet-50, same layer, metric and crop); elsewhere this run's
-number is shown for orientation and marked not comparable. Every table names the metrics
+alone. A difference from the paper's number is given only where this run used the paper's
+whole protocol (datasets and their sizes, architecture, crop, epochs of each pretraining
+stage, readout and detection recipes; see "Why not comparable"); elsewhere this run's number
+is shown for orientation and says what differs. Every table names the metrics
 files it came from (`{a,b}` in a name stands for each of a and b; the last section lists every
 file); `results.csv` holds the same numbers (means over seeds)."""
 
@@ -79,27 +81,49 @@ def _counts(prepare: Record, role: str) -> str:
     return f"{classes} classes; " + ", ".join(f"{split} {n:,}" for split, n in sizes if isinstance(n, int))
 
 
-def statement(idents: dict[str, tuple[str, str]], prepare: Record) -> str:
-    """What this run measured and whether it can be compared with the paper (reads prepare.json)."""
+def statement(idents: dict[str, tuple[str, str]], prepare: Record, ix: dict[tuple, Cell]) -> str:
+    """What this run measured and whether its headline numbers can be set against the paper's."""
     used = "; ".join(f"{ROLE_NOUN[role]} `{name}` ({_counts(prepare, role)})" for role, (name, _) in idents.items())
     arches = "/".join(sorted({arch for _, arch in idents.values()}))
     text = (f"This run used: {used}; backbone `{arches}`. The paper used ImageNet (object), Places205 "
             f"(transfer) and PASCAL VOC07 (detection) with {PAPER_ARCH}.")
-    same = [role for role, (name, arch) in idents.items() if is_benchmark(role, name, arch)]
-    if len(same) == len(idents):
-        return text + (" This run measured the paper's benchmarks, so its numbers can be set against the paper's "
-                       "(protocol details such as epochs and crops are in params.yaml).")
-    differ = ", ".join(f"{ROLE_NOUN[role]} `{idents[role][0]}`" for role in idents if role not in same)
-    text += (f"\n\n**Its numbers are NOT comparable with the paper's** where the dataset or architecture differs "
-             f"({differ}, backbone `{arches}`): they show that the pipeline works end to end, not that the "
-             f"paper's results reproduce.")
-    if same:
-        text += " Comparable: " + ", ".join(f"{ROLE_NOUN[role]} `{idents[role][0]}`" for role in same) + "."
+    rows = _headline_cells(ix)
+    comparable = [label for label, cell in rows if cell is not None and cell.published is not None
+                  and not cell.differences]
+    if rows and len(comparable) == len(rows):
+        return text + (" Every headline number was produced with the paper's whole protocol (datasets and their "
+                       "sizes, architecture, crop, epochs, readout and detection recipes) and is set against the "
+                       "paper's; the remaining differences from the authors' code are listed under Deviations.")
+    text += ("\n\n**Its numbers are NOT comparable with the paper's** except where a row says so: a number is "
+             "compared only when the whole protocol that produced it (datasets and their sizes, architecture, crop, "
+             "epochs of each pretraining stage, readout and detection recipes) is the paper's. Each headline cell "
+             "says what differs; the full lists are under \"Why not comparable\".")
+    if comparable:
+        text += " Comparable: " + ", ".join(comparable) + "."
     return text
 
 
+def _headline_cells(ix: dict[tuple, Cell]) -> list[tuple[str, Cell | None]]:
+    """(row label + model, cell) for the LA and IR cells of every headline row the paper has a number for."""
+    out = []
+    for label, role, task, layer, metric in HEADLINE:
+        for model in ("la", "ir"):
+            if paper_value(model, role, task, layer, metric) is not None:
+                out.append((f"{label} ({model.upper()})", ix.get((model, task, role, layer, metric))))
+    return out
+
+
+SHOWN_REASONS = 3
+
+
+def _not_comparable(cell: Cell) -> str:
+    shown = "; ".join(cell.differences[:SHOWN_REASONS])
+    more = len(cell.differences) - SHOWN_REASONS
+    return f" (not comparable: {shown}{f'; and {more} more' if more > 0 else ''})"
+
+
 def headline(ix: dict[tuple, Cell]) -> str:
-    """The paper's headline table: paper LA/IR, this run's LA/IR and their differences."""
+    """The paper's headline table: paper LA/IR, this run's LA/IR and, where comparable, their differences."""
     rows, sources = [], []
     for label, role, task, layer, metric in HEADLINE:
         row = [label]
@@ -109,8 +133,8 @@ def headline(ix: dict[tuple, Cell]) -> str:
             ours, diff = fmt(cell.stat if cell else None, with_n=True), ""
             if cell is not None:
                 sources += cell.sources
-                if not is_benchmark(role, cell.dataset, cell.arch):
-                    ours += f" ({cell.dataset}, {cell.arch}: not comparable)"
+                if paper is not None and cell.differences:
+                    ours += _not_comparable(cell)
                 elif paper is not None:
                     diff = f"{cell.stat.mean - paper:+.2f}"
             row += [_paper(paper), ours, diff]
@@ -118,6 +142,24 @@ def headline(ix: dict[tuple, Cell]) -> str:
     header = ["benchmark (paper, ResNet-50)", "paper LA", "this run LA", "LA − paper", "paper IR", "this run IR",
               "IR − paper"]
     return "## Headline: the paper's table\n\n" + table(header, rows) + "\n\n" + source_line(sources)
+
+
+def why_not(ix: dict[tuple, Cell]) -> str:
+    """Every difference from the paper's protocol, per headline number (empty when all are comparable)."""
+    parts = []
+    for label, cell in _headline_cells(ix):
+        if cell is not None and cell.differences:
+            parts.append(f"- **{label}**: " + "; ".join(cell.differences) + ".")
+    if not parts:
+        return ""
+    return ("## Why not comparable\n\nWhat differs from the paper's protocol (paper.RECIPE and the datasets' "
+            "released sizes), read from the records' `protocol` and `provenance`:\n\n" + "\n".join(parts))
+
+
+def deviations() -> str:
+    return ("## Deviations from the authors' code\n\nWith the paper preset (`localagg preset apply paper-resnet50`) "
+            "every key of the paper's recipe is the paper's; these differences from the authors' code remain:\n\n"
+            + "\n".join(f"- {d}" for d in DEVIATIONS))
 
 
 def _n_header(ix, task, role, layer, metric) -> list[str]:
@@ -129,12 +171,13 @@ def _n_header(ix, task, role, layer, metric) -> list[str]:
 
 
 def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
-    """Per-layer linear readout top-1, one table per dataset, models as columns."""
+    """Per-layer linear readout top-1, one table per dataset, models as columns; the paper's LA and
+    IR numbers beside them where this run's are comparable."""
     parts = ["## Linear readout per layer (top-1)"]
     for role in ROLES:
         name, arch = idents[role]
-        bench = is_benchmark(role, name, arch)
         rows, sources = [], []
+        comparable = any(c.paper is not None for c in ix.values() if c.role == role and c.task == "linear")
         for layer in LAYERS:
             for metric, crop in (("top1", "centre"), ("top1_10crop", "10-crop")):
                 cells = [ix.get((model, "linear", role, layer, metric)) for model in MODELS]
@@ -142,11 +185,11 @@ def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
                     continue
                 sources += [p for c in cells if c for p in c.sources]
                 row = [layer, crop] + [fmt(c.stat if c else None) for c in cells]
-                if bench:
-                    row += [_paper(paper_value(m, role, "linear", layer, metric)) for m in ("la", "ir")]
+                if comparable:
+                    row += [_paper(c.paper if c else None) for c in cells[:2]]
                 rows.append(row)
         header = ["layer", "crop", *_n_header(ix, "linear", role, "conv5", "top1")]
-        header += ["paper LA", "paper IR"] if bench else []
+        header += ["paper LA", "paper IR"] if comparable else []
         parts.append(f"### {ROLE_NOUN[role]} `{name}` ({arch})\n\n{table(header, rows)}\n\n{source_line(sources)}")
     return "\n\n".join(parts)
 
@@ -164,18 +207,25 @@ def knn(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics
     return (f"## kNN top-1 (k = {', '.join(map(str, ks))})\n\n" + table(header, rows) + "\n\n" + source_line(sources))
 
 
-def detection(ix: dict[tuple, Cell], ident: tuple[str, str]) -> str:
-    """Detection AP50/AP/AP75 per model."""
+def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> str:
+    """Detection AP50/AP/AP75 per model, with the sets it trained and tested on."""
     name, arch = ident
-    bench = is_benchmark("detection", name, arch)
+    protocol = m.detection["la"][0].get("protocol", optional=True) or {}
+    comparable = any(c.paper is not None for c in ix.values() if c.task == "detection")
     rows, sources = [], []
     for model in MODELS:
         cells = [ix[(model, "detection", "detection", "", metric)] for metric in ("AP50", "AP", "AP75")]
         sources += [p for c in cells for p in c.sources]
         row = [model, str(cells[0].stat.n)] + [fmt(c.stat) for c in cells]
-        rows.append(row + ([_paper(paper_value(model, "detection", "detection", "", "AP50"))] if bench else []))
-    header = ["model", "seeds", "AP50", "AP", "AP75"] + (["paper AP50"] if bench else [])
-    return (f"## Detection on `{name}` (Faster R-CNN C4, {arch} backbone)\n\n" + table(header, rows)
+        rows.append(row + ([_paper(cells[0].paper)] if comparable else []))
+    header = ["model", "seeds", "AP50", "AP", "AP75"] + (["paper AP50"] if comparable else [])
+    train, test = set_name(protocol.get("train_sets")), set_name(protocol.get("test_sets"))
+    sets = (f"Trained on {train} ({protocol.get('train_images', 0):,} images), tested on {test} "
+            f"({protocol.get('test_images', 0):,} images), {protocol.get('max_iter', 0):,} iterations of "
+            f"{protocol.get('ims_per_batch', 0)} images. The paper fine-tuned on {set_name(DETECTION_SETS['train'])} "
+            f"only; the community protocol (MoCo, VISSL) trains on VOC07+12 trainval, and the two are never "
+            f"subtracted from each other.")
+    return (f"## Detection on `{name}` (Faster R-CNN C4, {arch} backbone)\n\n{sets}\n\n" + table(header, rows)
             + "\n\n" + source_line(sources))
 
 
@@ -250,7 +300,8 @@ def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str]) -> str:
     """The whole results.md. `figs` maps readout, pretraining, detection to paths relative to it."""
     ix = {c.key: c for c in cells}
     idents = {c.role: (c.dataset, c.arch) for c in cells}
-    parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare), HOW_TO_READ, headline(ix),
-             readout(ix, idents), knn(ix, idents, m), detection(ix, idents["detection"]), pretraining(m), cost(m),
-             figures(figs, m, ix), sources(m)]
-    return "\n\n".join(parts) + "\n"
+    parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), HOW_TO_READ,
+             headline(ix), why_not(ix), readout(ix, idents), knn(ix, idents, m),
+             detection(ix, idents["detection"], m), pretraining(m), deviations(), cost(m), figures(figs, m, ix),
+             sources(m)]
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from dataclasses import dataclass
 
 from localagg.errors import UserError
 
-from .paper import published
+from . import comparability
+from .paper import paper_value
 
 MODELS = ("la", "ir", "random", "supervised")
 ROLES = ("object", "transfer")
@@ -49,12 +51,20 @@ class Record:
         return node
 
     def number(self, *keys: str) -> float:
-        """A numeric value at data[k1][k2]...; anything else is a UserError naming the file and key."""
+        """A finite number at data[k1][k2]...; anything else is a UserError naming the file and key."""
         value = self.get(*keys)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{self.path}: {'.'.join(keys)} should be a number, got {value!r}: "
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{self.path}: {'.'.join(keys)} should be a finite number, got {value!r}: "
                             f"rerun `dvc repro {self.stage}`.")
         return float(value)
+
+    def percent(self, *keys: str) -> float:
+        """A number in [0, 100] at data[k1][k2]... (accuracies, APs); else a UserError naming the file and key."""
+        value = self.number(*keys)
+        if not 0.0 <= value <= 100.0:
+            raise UserError(f"{self.path}: {'.'.join(keys)} = {value!r} is not a percentage in [0, 100]: "
+                            f"rerun `dvc repro {self.stage}`.")
+        return value
 
 
 @dataclass
@@ -105,14 +115,21 @@ class Cell:
     metric: str
     stat: Stat
     sources: tuple[str, ...]
+    differences: tuple[str, ...] = ()  # how its protocol differs from the paper's (comparability.py)
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:
         return self.model, self.task, self.role, self.layer, self.metric
 
     @property
+    def published(self) -> float | None:
+        """The paper's number for this row of its benchmark, comparable or not."""
+        return paper_value(self.model, self.role, self.task, self.layer, self.metric)
+
+    @property
     def paper(self) -> float | None:
-        return published(self.model, self.task, self.dataset, self.arch, self.layer, self.metric)
+        """The paper's number when this cell is comparable with it (the whole protocol is the paper's), else None."""
+        return None if self.differences else self.published
 
 
 def identity(records: list[Record]) -> tuple[str, str]:
@@ -125,9 +142,25 @@ def identity(records: list[Record]) -> tuple[str, str]:
     return next(iter(found))
 
 
-def _cell(model, task, role, ident, layer, metric, records: list[Record], keys) -> Cell:
-    values = [r.number(*keys) for r in records]
-    return Cell(model, task, role, *ident, layer, metric, Stat.of(values), tuple(r.path for r in records))
+def differences(model: str, task: str, role: str, records: list[Record]) -> tuple[str, ...]:
+    """Everything that differs from the paper's protocol in any of `records` (la and ir rows of the
+    paper's tables; () elsewhere, where the paper has no number to compare with)."""
+    if model not in ("la", "ir") or task not in ("linear", "detection"):
+        return ()
+    found: list[str] = []
+    for r in records:
+        protocol = r.get("protocol", optional=True) or {}
+        found += comparability.pretraining_differences(model, r.get("provenance", optional=True) or [])
+        if task == "linear":
+            found += comparability.readout_differences(role, protocol)
+        else:
+            found += comparability.detection_differences(str(r.get("dataset_name")), protocol)
+    return tuple(dict.fromkeys(found))
+
+
+def _cell(model, task, role, ident, layer, metric, records: list[Record], keys, diffs=()) -> Cell:
+    values = [r.percent(*keys) for r in records]
+    return Cell(model, task, role, *ident, layer, metric, Stat.of(values), tuple(r.path for r in records), diffs)
 
 
 def aggregate(m: RunMetrics) -> list[Cell]:
@@ -141,12 +174,13 @@ def aggregate(m: RunMetrics) -> list[Cell]:
     for role in ROLES:
         for model in MODELS:
             recs = m.transfer[(model, role)]
+            diffs = differences(model, "linear", role, recs)
             for layer in LAYERS:
                 for metric in LINEAR_METRICS:
                     if metric in TEN_CROP and all(r.get("linear", layer, metric, optional=True) is None for r in recs):
                         continue
                     cells.append(_cell(model, "linear", role, idents[role], layer, metric, recs,
-                                       ("linear", layer, metric)))
+                                       ("linear", layer, metric), diffs))
     for role in ROLES:
         for model in MODELS:
             for layer in KNN_LAYERS:
@@ -154,8 +188,10 @@ def aggregate(m: RunMetrics) -> list[Cell]:
                                    ("knn", layer)))
     ident = identity([r for model in MODELS for r in m.detection[model]])
     for model in MODELS:
+        diffs = differences(model, "detection", "detection", m.detection[model])
         for metric in DETECTION_METRICS:
-            cells.append(_cell(model, "detection", "detection", ident, "", metric, m.detection[model], (metric,)))
+            cells.append(_cell(model, "detection", "detection", ident, "", metric, m.detection[model], (metric,),
+                               diffs))
     return cells
 
 

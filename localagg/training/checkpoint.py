@@ -1,7 +1,16 @@
-"""Checkpoints written atomically: a crash never leaves a half-written file named like a good one."""
+"""Checkpoints and model exports: written atomically, read without running code.
+
+Writing goes through a temporary file and a rename, so a crash never leaves a half-written
+file named like a good one. Reading uses `torch.load(weights_only=True)`: only tensors and
+plain containers (dict, list, str, numbers) are rebuilt, so a crafted file (a pickle that
+would run a command when unpickled) is refused with a clear error instead of executing.
+Exports hold no timing: the same training gives byte-identical files (DVC then sees that
+nothing changed downstream).
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +25,55 @@ def save(obj: dict[str, Any], path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+class CheckpointError(UserError):
+    """A checkpoint file that exists but cannot be used (truncated, foreign or unsafe).
+
+    `reason` says why, without advice, for callers that recover by starting over."""
+
+    def __init__(self, what: str, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{what} {path} {reason}; delete it and rerun the stage that writes it.")
+
+
 def load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Read a file written by `save` (tensors and plain containers only).
+
+    A missing file, a truncated or foreign file, and a file whose pickle asks for anything
+    but tensors and plain containers are `UserError`s naming the file; nothing in the file
+    is executed.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist: run the stage that writes it first (`dvc repro`).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise CheckpointError(what, path, "holds objects other than tensors and plain containers and was not "
+                                          f"loaded, since loading it could run code ({first})") from None
     except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{what} {path} cannot be read ({type(exc).__name__}: {exc}); delete it and rerun the stage.") from None
+        raise CheckpointError(what, path, f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(what, path, f"holds a {type(state).__name__}, not a localagg checkpoint")
+    return state
 
 
 EXPORT_KEYS = ("model", "model_meta", "objective")
 
 
 def save_export(path: str | Path, model, objective: str, bank: torch.Tensor | None = None,
-                dataset: dict | None = None, epochs: int = 0, history: list | None = None,
+                dataset: dict | None = None, epochs: int = 0, provenance: list | None = None,
                 classifier: dict | None = None) -> None:
     """The exported weights every later stage reads: the EmbeddingNet state, its meta
     (arch, stem, embedding_dim), the objective that trained it (ir, la, supervised, random),
-    and what else the run has (memory bank, dataset seen, epochs, curves, classifier)."""
+    and what else the run has (memory bank, dataset seen, epochs, classifier).
+
+    `provenance` is the protocol of every training stage that built the model, in order
+    (IR then LA for `la`): what a report needs to say whether a number is comparable.
+    """
     save({
         "model": model.state_dict(), "model_meta": model.meta(), "objective": objective,
-        "bank": bank, "dataset": dataset, "epochs": epochs, "history": history or [], "classifier": classifier,
+        "bank": bank, "dataset": dataset, "epochs": epochs, "provenance": provenance or [], "classifier": classifier,
     }, path)
 
 

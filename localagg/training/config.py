@@ -6,13 +6,13 @@ The pipeline layer mounts these as params.yaml sections (`model`, `pretrain_ia`,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StepSchedule:
@@ -60,6 +60,8 @@ class TrainingConfig(StepSchedule, _Config):
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_workers: int = Field(0, ge=0, description="data-loader workers for file datasets")
     bn_groups: int = Field(1, ge=1, description="split each process's batch into groups for batch-norm statistics")
+    sync_bn: bool = Field(False, description="batch-norm statistics over the global batch of all processes "
+                                             "(the authors' one GPU saw all 128 images); no change with one process")
     threads: int = Field(0, ge=0, description="torch CPU threads per process (0 = torch's default)")
 
     @model_validator(mode="after")
@@ -69,6 +71,9 @@ class TrainingConfig(StepSchedule, _Config):
             raise ValueError(
                 f"batch_size {self.batch_size} must be divisible by num_processes x bn_groups = {self.num_processes * self.bn_groups}"
             )
+        if self.sync_bn and self.bn_groups > 1:
+            raise ValueError("sync_bn (statistics over the whole batch) and bn_groups > 1 (over slices of it) exclude "
+                             "each other; set one of them")
         return self
 
 
@@ -76,6 +81,9 @@ class IRConfig(TrainingConfig):
     """Instance Recognition (Wu et al. 2018): NCE with `num_negatives` noise samples (0 = full softmax)."""
 
     num_negatives: int = Field(4096, ge=0)
+    nce_z_per_image: Optional[float] = Field(
+        None, gt=0, description="NCE normaliser Z / N, fixed; null: Z estimated from the first batch (lemniscate, "
+                                "the PyTorch port). The TF code fixes Z = 2876934.2 / 1281167 * N (2.2455575 N)")
 
 
 class LAConfig(TrainingConfig):
@@ -92,3 +100,23 @@ class SupervisedConfig(TrainingConfig):
     """The supervised reference: the same backbone trained with the object set's labels
     (cross-entropy of a linear classifier on pooled conv5); the upper bound the paper reports.
     The bank, temperature and kNN fields of TrainingConfig are unused except for the kNN monitor."""
+
+    augment: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keys of the `augment` section that the supervised reference replaces, e.g. torchvision's "
+                    "reference recipe: crop_scale [0.08, 1], color_jitter [0, 0, 0, 0], grayscale_p 0")
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augment_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from ..data.augment import AugmentSpec
+
+        unknown = sorted(set(value) - set(AugmentSpec.model_fields))
+        if unknown:
+            raise ValueError(f"unknown augment key(s) {', '.join(unknown)}; expected some of: "
+                             f"{', '.join(AugmentSpec.model_fields)}")
+        return value
+
+    def augment_spec(self, base):
+        """`base` (an AugmentSpec) with this section's `augment` keys replaced, validated."""
+        return type(base).model_validate({**base.model_dump(), **self.augment})

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ from ..errors import UserError
 from ..io import file_sha256
 from ..evaluation.knn import knn_top1
 from ..memory_bank import MemoryBank
-from ..models.backbone import EmbeddingNet, build_model, check_meta, set_bn_groups
+from ..models.backbone import EmbeddingNet, build_model, check_meta
+from ..models.batchnorm import set_bn_groups, set_sync_bn
 from ..objectives import InstanceRecognitionLoss, local_aggregation_loss
 from ..progress import track
 from . import checkpoint as ckpt
@@ -51,6 +53,7 @@ from .config import IRConfig, LAConfig, ModelConfig, SupervisedConfig, TrainingC
 from .distributed import DistInfo, all_gather_cat, barrier, broadcast, init_distributed
 
 LAST = "last.pt"
+log = logging.getLogger(__name__)
 
 
 class EpochLogger(Protocol):
@@ -180,24 +183,25 @@ class Pretrainer:
         self.val = open_split(val_dir, "val", train=False, crop_size=aug.crop_size) if val_dir else None
         self.num_items = len(self.train)
         self.num_classes = len(info.classes)
-        if self.num_items < cfg.batch_size:
-            raise UserError(f"batch_size {cfg.batch_size} is larger than the training set ({self.num_items} images); lower it.")
-        if isinstance(cfg, LAConfig) and cfg.num_clusters > self.num_items:
-            raise UserError(f"num_clusters {cfg.num_clusters} exceeds the {self.num_items} training images; lower it.")
+        self._check_sizes()
 
         torch.manual_seed(cfg.seed)
         self.model: EmbeddingNet = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
         if cfg.bn_groups > 1:
             set_bn_groups(self.model, cfg.bn_groups)
+        if cfg.sync_bn:
+            set_sync_bn(self.model)
         self.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.bank = MemoryBank(self.num_items, model_cfg.embedding_dim, cfg.bank_momentum, cfg.bank_normalize_init,
                                generator=torch.Generator().manual_seed(cfg.seed), device=self.device)
-        self.ir_loss = (InstanceRecognitionLoss(self.num_items, cfg.num_negatives, cfg.temperature).to(self.device)
+        self.ir_loss = (InstanceRecognitionLoss(self.num_items, cfg.num_negatives, cfg.temperature,
+                                                normalizer_per_item=cfg.nce_z_per_image).to(self.device)
                         if isinstance(cfg, IRConfig) else None)
 
         self.init_from = Path(init_from) if init_from else None
+        self.parent_provenance: list[dict] = []  # the warm start's stages (IR for LA)
         if self.init_from is not None:
             self._warm_start(self.init_from)
 
@@ -209,6 +213,32 @@ class Pretrainer:
                     if self.dist.enabled else self.trainable)
         self.identity = self._identity()
         self.state = _State()
+
+    def _check_sizes(self) -> None:
+        """Params that do not fit the training set stop here, before any compute."""
+        cfg, n = self.cfg, self.num_items
+        section = {"ir": "pretrain_ia", "la": "pretrain_la", "supervised": "supervised"}[self.kind]
+        too_big = [(f"{section}.batch_size", cfg.batch_size), (f"{section}.knn_k", cfg.knn_k)]
+        if isinstance(cfg, LAConfig):
+            too_big += [(f"{section}.k", cfg.k), (f"{section}.num_clusters", cfg.num_clusters)]
+        bad = [f"{key} = {value:,}" for key, value in too_big if value > n]
+        if bad:
+            raise UserError(f"{'; '.join(bad)}: larger than the {n:,} training images of {self.train_info.name}; "
+                            "lower it (or prepare a larger object set).")
+        if isinstance(self.train, ArrayImages):
+            side = min(self.train.images.shape[1:3])
+            if self.aug.crop_size > side:
+                log.warning("augment.crop_size %d is larger than the %dx%d images of %s: crops are upsampled.",
+                            self.aug.crop_size, side, side, self.train_info.name)
+
+    def protocol(self) -> dict:
+        """What this stage trained, for the report's comparability check (no timing, no paths)."""
+        cfg = self.cfg.model_dump(mode="json", exclude={"num_processes", "num_workers", "threads", "device",
+                                                         "checkpoint_every_steps"})
+        return {"objective": self.kind, **self.model.meta(), "augment": self.aug.model_dump(mode="json"),
+                "dataset": self.train_info.name, "train_images": self.num_items,
+                "val_images": len(self.val) if self.val is not None else None,
+                "world_size": self.dist.world_size, "config": cfg}
 
     # ------------------------------------------------------------------ identity / warm start
 
@@ -237,6 +267,7 @@ class Pretrainer:
             )
         self.model.load_state_dict(state["model"])
         self.bank.memory.copy_(state["bank"].to(self.device))
+        self.parent_provenance = list(state.get("provenance") or [])
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -260,9 +291,14 @@ class Pretrainer:
         path = self.ckpt_dir / LAST
         if not path.is_file():
             return False
-        state = ckpt.load(path)
+        try:
+            state = ckpt.load(path)
+        except ckpt.CheckpointError as exc:
+            log.warning("checkpoint %s %s: starting this stage over (it will be overwritten).", path, exc.reason)
+            return False
         if state.get("identity") != self.identity:
-            return False  # another configuration: start over (the stale file is overwritten)
+            log.warning("%s belongs to other params, data or warm start: starting over (it will be overwritten).", path)
+            return False
         self.trainable.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.bank.memory.copy_(state["bank"].to(self.device))
@@ -401,6 +437,7 @@ class Pretrainer:
                     loss = F.cross_entropy(out.float(), labels.to(self.device))
                 else:
                     loss = self._loss(out, idx, g)
+                self._check_finite(loss, epoch, s.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -436,6 +473,24 @@ class Pretrainer:
             barrier()
         return PretrainResult(s.epoch, s.history, self.summary())
 
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop every rank at once when any rank's loss is not finite; nothing is saved or exported."""
+        ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+        if self.dist.enabled:
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if ok.item():
+            return
+        cfg, section = self.cfg, {"ir": "pretrain_ia", "la": "pretrain_la", "supervised": "supervised"}[self.kind]
+        hints = [f"{section}.lr = {cfg.lr_at(epoch):g} may be too high", f"augment.std = {list(self.aug.std)}",
+                 f"augment.mean = {list(self.aug.mean)}"]
+        if self.kind != "supervised":
+            hints.append(f"{section}.temperature = {cfg.temperature:g}")
+        raise UserError(
+            f"{self.kind} training stopped: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (global step "
+            f"{self.state.global_step + 1}). Nothing was exported; the last checkpoint is from before this step. "
+            f"Check {'; '.join(hints)}."
+        )
+
     def _replay_history(self) -> None:
         if self.logger is not None and self.dist.is_main:
             for row in self.state.history:
@@ -448,6 +503,10 @@ class Pretrainer:
         out.update({f"final_{k}": v for k, v in last.items() if k != "epoch"})
         return out
 
+    def provenance(self) -> list[dict]:
+        """The protocol of every stage that built this model, warm start first (IR, then LA)."""
+        return [*self.parent_provenance, {**self.protocol(), "epochs_done": self.state.epoch}]
+
     def export(self, path: str | Path) -> None:
         """Final weights for later stages (checkpoint.save_export): model, bank, dataset seen."""
         if not self.dist.is_main:
@@ -455,7 +514,7 @@ class Pretrainer:
         ckpt.save_export(
             path, self.model, self.kind, bank=self.bank.memory.cpu() if self.kind != "supervised" else None,
             dataset={"name": self.train_info.name, "num_items": self.num_items}, epochs=self.state.epoch,
-            history=self.state.history,
+            provenance=self.provenance(),
             classifier=self.trainable.classifier.state_dict() if self.kind == "supervised" else None,
         )
 

@@ -1,0 +1,136 @@
+"""Whether a number of this run can be set against the paper's: the whole protocol, field by field.
+
+A number is comparable with the paper's only when everything that produced it equals the
+paper's recipe (`paper.RECIPE`) and datasets (`paper.DATASET_SIZES`):
+
+    pretraining  (from the model's provenance, the stages that built it: IR, then LA)
+        architecture, dataset and its number of training images, crop size, the augmentation
+        recipe, each stage's recipe keys and epochs (IR 10 + LA 190 for LA; the paper's IR
+        baseline trained 200 epochs)
+    readout      (from the transfer record's protocol)
+        dataset and its train / val sizes, and the readout recipe keys of its role
+    detection    (from the detection record's protocol)
+        train and test sets and their sizes, and the detection recipe keys
+
+Each function returns the differences as short phrases ("resnet18 instead of resnet50",
+"10,000 of 1,281,167 training images", "IR 4 + LA 8 of 10 + 190 epochs"); an empty list
+means comparable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .paper import DATASET_SIZES, DETECTION_SETS, IR_BASELINE_EPOCHS, PAPER_ARCH, RECIPE
+
+READOUT_KEYS = ("epochs", "lr", "lr_drops", "batch_size", "momentum", "weight_decay", "train_augment", "crop_size",
+                "eval_resize", "pool_rule", "pool_target_dims", "conv1_point")
+DETECTION_KEYS = ("max_iter", "ims_per_batch", "base_lr", "steps", "warmup_iters", "weight_decay", "min_size_train",
+                  "max_size_train", "min_size_test", "max_size_test", "norm", "extra_norm_after_res5", "freeze_at")
+STAGE_SECTION = {"ir": "pretrain_ia", "la": "pretrain_la"}
+SET_NAMES = {(("VOC2007", "trainval"),): "VOC07 trainval", (("VOC2007", "trainval"), ("VOC2012", "trainval")):
+             "VOC07+12 trainval", (("VOC2007", "test"),): "VOC07 test"}
+
+
+def show(value: Any) -> str:
+    """A value as the report prints it: 1,281,167; 0.03; [30, 60]; pretraining."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def _keys(found: dict, section: str, keys, label: str) -> list[str]:
+    """'<label> <key> <found> instead of <paper>' for each recipe key of `section` that differs."""
+    out = []
+    for key in keys:
+        paper = RECIPE.get(f"{section}.{key}")
+        if paper is not None and not _same(found.get(key), paper[0]):
+            out.append(f"{label}{key} {show(found.get(key))} instead of {show(paper[0])}")
+    return out
+
+
+def _sizes(dataset: str, paper_dataset: str, train: int | None, val: int | None, what: str = "training") -> list[str]:
+    if dataset != paper_dataset:
+        return [f"{dataset} instead of {paper_dataset}"]
+    paper_train, paper_val = DATASET_SIZES[paper_dataset]
+    out = []
+    if train != paper_train:
+        out.append(f"{show(train)} of {show(paper_train)} {what} images")
+    if val is not None and val != paper_val:
+        out.append(f"{show(val)} of {show(paper_val)} {'test' if paper_dataset == 'voc07' else 'val'} images")
+    return out
+
+
+def pretraining_differences(model: str, provenance: list[dict]) -> list[str]:
+    """How the pretraining of model `model` ("la" or "ir") differs from the paper's."""
+    wanted = ["ir", "la"] if model == "la" else ["ir"]
+    found = [stage.get("objective") for stage in provenance]
+    if found != wanted:
+        return [f"trained by {' + '.join(map(str, found)) or 'nothing recorded'} instead of {' + '.join(wanted)}"]
+    first = provenance[0]
+    out = []
+    if first.get("arch") != PAPER_ARCH:
+        out.append(f"{first.get('arch')} instead of {PAPER_ARCH}")
+    out += _sizes(str(first.get("dataset")), "imagenet", first.get("train_images"), None)
+    augment = first.get("augment") or {}
+    if augment.get("crop_size") != RECIPE["augment.crop_size"][0]:
+        out.append(f"{show(augment.get('crop_size'))} instead of {RECIPE['augment.crop_size'][0]} px")
+    out += _keys(augment, "augment", [k for k in augment if k != "crop_size"], "augment.")
+    epochs = [stage.get("epochs_done") for stage in provenance]
+    paper_epochs = ([RECIPE["pretrain_ia.epochs"][0], RECIPE["pretrain_la.epochs"][0]] if model == "la"
+                    else [IR_BASELINE_EPOCHS])
+    if epochs != paper_epochs:
+        names = " + ".join(o.upper() for o in wanted)
+        out.append(f"{names} {' + '.join(map(show, epochs))} of {' + '.join(map(show, paper_epochs))} epochs")
+    for stage in provenance:
+        section = STAGE_SECTION[stage["objective"]]
+        config = stage.get("config") or {}
+        skip = {"epochs"} | ({"lr_drops"} if model == "ir" else set())  # Wu et al.'s schedule is not in the recipe
+        out += _keys(config, section, [k for k in config if k not in skip], f"{section}.")
+    return out
+
+
+def readout_differences(role: str, protocol: dict) -> list[str]:
+    """How a transfer cell's dataset and readout differ from the paper's for `role` (object, transfer)."""
+    paper_dataset = {"object": "imagenet", "transfer": "places205"}[role]
+    out = _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))
+    return out + _keys(protocol.get("readout") or {}, f"transfer.{role}", READOUT_KEYS, "readout ")
+
+
+def set_name(pairs) -> str:
+    key = tuple(tuple(p) for p in pairs or ())
+    return SET_NAMES.get(key, " + ".join("/".join(p) for p in key) or "nothing")
+
+
+def detection_differences(dataset: str, protocol: dict) -> list[str]:
+    """How a detection cell's sets and schedule differ from the paper's."""
+    if dataset != "voc07":
+        out = [f"{dataset} instead of voc07"]
+    else:
+        out = []
+        train, test = protocol.get("train_sets"), protocol.get("test_sets")
+        if not _same(train, DETECTION_SETS["train"]):
+            out.append(f"trained on {set_name(train)} instead of the paper's {set_name(DETECTION_SETS['train'])}")
+        if not _same(test, DETECTION_SETS["test"]):
+            out.append(f"tested on {set_name(test)} instead of {set_name(DETECTION_SETS['test'])}")
+        if not out:
+            out += _sizes("voc07", "voc07", protocol.get("train_images"), protocol.get("test_images"))
+    return out + _keys(protocol, "detection", DETECTION_KEYS, "detection ")
