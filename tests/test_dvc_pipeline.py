@@ -1,5 +1,6 @@
 """DVC integration: the whole pipeline runs in a copy of the repository at tiny sizes, a
-second run does nothing, and a param change reruns exactly the stages that read it."""
+second run does nothing, a param change reruns exactly the stages that read it, and so do
+the experiments of a queued sweep."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ MODELS = ("la", "ir", "random", "supervised")
 TRANSFER = {f"transfer@{m}-{d}-0" for m in MODELS for d in ("object", "transfer")}
 DETECTION = {f"detection@{m}-0" for m in MODELS}
 ALL = {"prepare", "pretrain_ia", "pretrain_la", "supervised", "random_init", "report"} | TRANSFER | DETECTION
+LA_AND_AFTER = {"pretrain_la", "transfer@la-object-0", "transfer@la-transfer-0", "detection@la-0", "report"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -43,7 +45,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _run(args, cwd):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "LOCALAGG_NO_PROGRESS": "1"}
+    # Python writes bytecode next to the sources, as on most machines: dependency hashes must not see it
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", LOCALAGG_NO_PROGRESS="1")
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -65,6 +69,11 @@ def _ran(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
+def _commit(repo: Path, message: str) -> None:
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], repo)
+
+
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory):
     dst = tmp_path_factory.mktemp("repo")
@@ -72,18 +81,18 @@ def repo_copy(tmp_path_factory):
                            capture_output=True, text=True, check=True).stdout.split("\n")
     for rel in filter(None, files):
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "checkpoints/", "metrics/", "dvclive/")):
+        if src.is_file() and not rel.startswith(("data/", "models/", "checkpoints/", "metrics/", "records/", "dvclive/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     (dst / "dvc.lock").unlink(missing_ok=True)
     _set_params(dst, TINY)
     _run(["git", "init", "-q"], dst)
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
+    _commit(dst, "copy")
     return dst
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 4 minutes on 2 idle cores; a loaded machine can take several times that
 def test_repro_then_nothing_then_only_affected_stages(repo_copy):
     dvc = str(BIN / "dvc")
     assert _ran(_run([dvc, "repro"], repo_copy)) == ALL
@@ -107,8 +116,14 @@ def test_repro_then_nothing_then_only_affected_stages(repo_copy):
 
     # an LA param: LA, the evaluations of LA and the report
     _set_params(repo_copy, {"pretrain_la": {"lr": 0.01}})
-    assert _ran(_run([dvc, "repro"], repo_copy)) == {"pretrain_la", "transfer@la-object-0", "transfer@la-transfer-0",
-                                                    "detection@la-0", "report"}
+    assert _ran(_run([dvc, "repro"], repo_copy)) == LA_AND_AFTER
+
+    # a queued sweep of an LA param: each experiment runs in a fresh checkout (no persistent
+    # checkpoints, no bytecode caches) and reruns only LA, its evaluations and the report
+    _commit(repo_copy, "results")
+    _run([dvc, "exp", "run", "--queue", "-S", "pretrain_la.num_clusters=6,10"], repo_copy)
+    experiments = _run([dvc, "exp", "run", "--run-all"], repo_copy).split("Reproducing experiment")[1:]
+    assert len(experiments) == 2 and [_ran(e) for e in experiments] == [LA_AND_AFTER, LA_AND_AFTER]
 
     # a prepare param that changes only the detection set: prepare reruns, the object set is
     # byte-identical, so only the detection cells (and the report, which reads metrics/prepare.json)
