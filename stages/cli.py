@@ -205,13 +205,17 @@ def preset_apply(
     name: str,
     params: Path = ParamsOption,
 ) -> None:
-    """Merge preset NAME into the params file (comments kept; result validated; atomic)."""
+    """Merge preset NAME into the params file: the preset's keys and their comments replace the
+    file's (other keys and comments are kept); the result is validated, then written atomically.
+    Prints every value that changed."""
+    from localagg.report.comparability import show
+
     from . import presets
 
     changed = presets.apply(name, params)
-    err_console.print(f"applied preset {name} to {params}: {len(changed)} key(s) set")
-    for key in changed:
-        typer.echo(key)
+    err_console.print(f"applied preset {name} to {params}: {len(changed)} value(s) changed")
+    for key, old, new in changed:
+        typer.echo(f"{key}: {'(not set)' if old is presets.MISSING else show(old)} -> {show(new)}")
 
 
 def main() -> None:

@@ -66,16 +66,14 @@ def test_pretrain_before_prepare_names_the_stage(tmp_path):
     _assert_user_error(proc, "run the `prepare` stage first")
 
 
-def test_preset_apply_merges_keeps_comments_and_validates(tmp_path):
+def test_preset_apply_prints_what_changed_and_refuses_an_unknown_preset(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     proc = localagg("preset", "apply", "paper-resnet50", "--params", str(path))
     assert proc.returncode == 0, proc.stderr
-    merged = yaml.safe_load(path.read_text())
-    assert merged["prepare"]["object"]["source"] == "imagenet"
-    assert merged["model"]["arch"] == "resnet50"
-    assert "# ImageNet's role" in path.read_text()  # comments survive
-    assert localagg("preset", "apply", "no-such-preset", "--params", str(path)).returncode == 2
+    assert "model.arch: resnet18 -> resnet50" in proc.stdout and "value(s) changed" in proc.stderr
+    assert yaml.safe_load(path.read_text())["prepare"]["object"]["source"] == "imagenet"
+    _assert_user_error(localagg("preset", "apply", "no-such-preset", "--params", str(path)), "unknown preset")
 
 
 def test_help_lists_every_stage():
