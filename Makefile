@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench lock clean-venv
+.PHONY: setup repro test test-fast bench smoke-gpu lock clean-venv
 
 setup:
 	@scripts/setup.sh
@@ -20,6 +20,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# On a CUDA machine: the paper's scale in a few minutes (reports/gpu-smoke.md); elsewhere says so.
+smoke-gpu: setup
+	$(BIN)/python -m benchmarks.gpu_smoke
 
 lock: setup
 	{ head -2 requirements.lock; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock.new

@@ -77,7 +77,10 @@ def _paper(value: float | None) -> str:
 def _counts(prepare: Record, role: str) -> str:
     """'10 classes; train 10,000, val 2,000' from prepare.json's entry for `role`."""
     classes = prepare.get(role, "classes")
-    sizes = [(split, v.get("total", v.get("images"))) for split, v in prepare.get(role).items() if isinstance(v, dict)]
+    entry = prepare.get(role)
+    splits = ("trainval", "test") if role == "detection" else ("train", "val")
+    sizes = [(split, entry[split].get("total", entry[split].get("images"))) for split in splits
+             if isinstance(entry.get(split), dict)]
     return f"{classes} classes; " + ", ".join(f"{split} {n:,}" for split, n in sizes if isinstance(n, int))
 
 
