@@ -1,18 +1,56 @@
-"""Progress bars for every loop that can take more than a few seconds (tqdm, to stderr)."""
+"""Progress of long loops: a bar on a terminal (tqdm) and log lines everywhere.
+
+Bars go to stderr and only on a terminal (not in pipes, CI logs or under SLURM), and never
+when LOCALAGG_NO_PROGRESS is set. What a reader of a log needs is logged as plain lines
+instead (`logging`, one line per epoch or per reporting period), with `eta` and `duration`
+giving the elapsed time and the time left.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, Iterator, TypeVar
+import time
+from typing import Iterable, TypeVar
 
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
 
-def track(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Wrap `iterable` in a progress bar on a terminal; off when stderr is not a TTY (logs, CI),
-    when `enabled` is False, or when LOCALAGG_NO_PROGRESS is set."""
+def track(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> tqdm:
+    """`iterable` wrapped in a progress bar on a terminal (off when stderr is not a TTY, when
+    `enabled` is False, or when LOCALAGG_NO_PROGRESS is set). The result is iterable and has
+    `set_postfix_str` (a no-op without a bar)."""
     disable = (not enabled) or bool(os.environ.get("LOCALAGG_NO_PROGRESS")) or not sys.stderr.isatty()
-    return iter(tqdm(iterable, desc=desc, total=total, disable=disable, mininterval=1.0, dynamic_ncols=True, leave=False))
+    return tqdm(iterable, desc=desc, total=total, disable=disable, mininterval=1.0, dynamic_ncols=True, leave=False)
+
+
+def duration(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Clock:
+    """Elapsed time of a run and the time left, from the work done since it started."""
+
+    def __init__(self, done: float = 0.0, total: float = 1.0):
+        self.start, self.first, self.total = time.perf_counter(), done, total
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def eta(self, done: float) -> float | None:
+        """Seconds left when `done` of `total` units are done (None before any progress)."""
+        progressed = done - self.first
+        return None if progressed <= 0 else self.elapsed() / progressed * (self.total - done)
+
+    def text(self, done: float) -> str:
+        """'elapsed 1m05s, ETA 3m10s'."""
+        eta = self.eta(done)
+        return f"elapsed {duration(self.elapsed())}, ETA {'?' if eta is None else duration(eta)}"

@@ -76,5 +76,13 @@ or put the four IDX .gz files in a folder and set prepare.object.root to it in p
     fi
 }
 
+# `dvc plots show` renders offline: its page template inlines the chart library (vl-convert-python).
+TEMPLATE=.dvc/plots/template.html
+ensure_plots_template() {
+    [ -f "$TEMPLATE" ] && [ "$TEMPLATE" -nt "$STAMP" ] && return
+    "$VENV/bin/python" scripts/plots_template.py >&2 || die "writing $TEMPLATE failed (see above)."
+}
+
 ensure_venv
 ensure_system_data
+ensure_plots_template

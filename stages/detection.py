@@ -65,7 +65,7 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
         _check_gpus(det_cfg.num_gpus)
 
     import localagg.detection as det
-    from localagg.detection.train import CHECKPOINT, checkpoint_progress
+    from localagg.detection.train import CHECKPOINT, EXAMPLES, checkpoint_progress
     from localagg.training.checkpoint import load_export
 
     export = load_export(ckpt)
@@ -102,9 +102,11 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
         raise UserError(f"the VOC evaluator returned no box APs on {test_names[0]} ({aps}); "
                         "check that the test split has annotated objects.")
     headline = {k: aps[k] for k in ("AP50", "AP", "AP75")}
+    examples = _read_json_or_none(out_dir / EXAMPLES) or []
     record = {"model": model, "seed": seed, "arch": arch, "dataset_name": dataset_name(manifest), **headline,
               "protocol": protocol(det_cfg, manifest), "provenance": export.get("provenance") or [],
-              "resumed_from": progress["iterations"], "cost": cost}
+              "resumed_from": progress["iterations"], "classes": manifest["classes"],
+              "views": {"detections": examples}, "cost": cost}
     write_results(detection_metrics_path(model, seed), record, headline)
     return record
 

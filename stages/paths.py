@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODELS = ("la", "ir", "random", "supervised")            # the models every evaluation compares
+MODELS = ("la", "ir", "random", "supervised")            # the networks every evaluation compares
+PIXELS = "pixels"                                        # the raw-pixel baseline of the readout and kNN
+TRANSFER_MODELS = (*MODELS, PIXELS)
 DATASETS = ("object", "transfer")                        # the readout datasets (ImageNet's, Places205's roles)
 STAGE_OF_MODEL = {"la": "pretrain_la", "ir": "pretrain_ia", "random": "random_init", "supervised": "supervised"}
 
@@ -18,12 +20,12 @@ def model_path(name: str) -> Path:
     return Path("models") / f"{name}.pt"
 
 
-def transfer_cell(model: str, dataset: str, seed: int) -> str:
-    return f"{model}-{dataset}-seed{seed}"
+def transfer_cell(model: str, dataset: str) -> str:
+    return f"{model}-{dataset}"
 
 
-def transfer_metrics_path(model: str, dataset: str, seed: int) -> Path:
-    return Path("metrics") / "transfer" / f"{transfer_cell(model, dataset, seed)}.json"
+def transfer_metrics_path(model: str, dataset: str) -> Path:
+    return Path("metrics") / "transfer" / f"{transfer_cell(model, dataset)}.json"
 
 
 def detection_cell(model: str, seed: int) -> str:

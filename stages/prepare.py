@@ -5,8 +5,8 @@ Outputs (fixed paths, declared in dvc.yaml):
     data/prepared/transfer/    transfer set (Places205's role)
     data/prepared/detection/   detection.json + VOCdevkit/ (normalised annotations; the
                                synthetic set's images too)
-    metrics/prepare.json       image counts per split
-    records/prepare.json       names, counts per split and class, cost
+    records/prepare.json       names, counts per split and class, the VOC sets, cost (no metrics
+                               file: counts are not results)
 
 Every input is validated before anything is written: a bad root, an unreadable image or a
 broken annotation stops the stage with one message listing every problem.
@@ -39,12 +39,11 @@ OUT = Path("data/prepared")
 OBJECT_DIR = OUT / "object"
 TRANSFER_DIR = OUT / "transfer"
 DETECTION_DIR = OUT / "detection"
-METRICS = Path("metrics/prepare.json")
+RECORD = record_path(Path("metrics/prepare.json"))
 STAGING = Path("data/.prepare-staging")
 COMMIT = "COMMIT"
 # staging name -> final path: every output of the stage
-OUTPUTS = {"object": OBJECT_DIR, "transfer": TRANSFER_DIR, "detection": DETECTION_DIR,
-           "metrics.json": METRICS, "record.json": record_path(METRICS)}
+OUTPUTS = {"object": OBJECT_DIR, "transfer": TRANSFER_DIR, "detection": DETECTION_DIR, "record.json": RECORD}
 
 
 def _read_exclude(path: str | None, key: str) -> set[str]:
@@ -116,10 +115,8 @@ def prepare_object(p: ObjectSet, seed: int, check_images: bool, workers: int, ou
     test_x, test_y = embedded.load_fashion_mnist(p.root, "test")
     tr = embedded.balanced_subset(train_y, p.num_train, seed)
     va = embedded.balanced_subset(test_y, p.num_val, seed + 1)
-    return write_arrays_dataset(
-        out, "fashion_mnist", embedded.FASHION_CLASSES,
-        {"train": (train_x[tr], train_y[tr]), "val": (test_x[va], test_y[va])}
-    )
+    splits = {"train": (train_x[tr], train_y[tr]), "val": (test_x[va], test_y[va])}
+    return _write_embedded(out, "fashion_mnist", embedded.FASHION_CLASSES, splits, p.canvas, p.scale_range, seed + 10)
 
 
 def prepare_transfer(p: TransferSet, seed: int, check_images: bool, workers: int, out: Path) -> DatasetInfo:
@@ -131,8 +128,17 @@ def prepare_transfer(p: TransferSet, seed: int, check_images: bool, workers: int
                                  exclude=_read_exclude(p.exclude, "prepare.transfer.exclude"))
     x, y = embedded.load_mnist_5k()
     tr, va = embedded.stratified_split(y, p.val_fraction, seed)
-    return write_arrays_dataset(out, "mnist_5k", embedded.DIGIT_CLASSES,
-                                {"train": (x[tr], y[tr]), "val": (x[va], y[va])})
+    splits = {"train": (x[tr], y[tr]), "val": (x[va], y[va])}
+    return _write_embedded(out, "mnist_5k", embedded.DIGIT_CLASSES, splits, p.canvas, p.scale_range, seed + 20)
+
+
+def _write_embedded(out: Path, name: str, classes, splits: dict, canvas: int, scale_range, seed: int) -> DatasetInfo:
+    """An embedded set as arrays; with a canvas, each split placed on it (`name` gets "_canvas<side>")."""
+    if canvas:
+        splits = {s: (embedded.place_on_canvas(x, canvas, scale_range, seed + i), y)
+                  for i, (s, (x, y)) in enumerate(splits.items())}
+        name = f"{name}_canvas{canvas}"
+    return write_arrays_dataset(out, name, classes, splits)
 
 
 def prepare_detection(p: DetectionSet, object_root: str, seed: int, check_images: bool, workers: int,
@@ -217,12 +223,10 @@ def run(p: PrepareParams) -> dict:
         record = {role: {"name": names[role], "classes": classes[role], **counts[role]} for role in names}
         record["detection"]["sets"] = det["splits"]  # the (year, split) pairs of trainval and test
         write_json(STAGING / "record.json", {**record, "cost": cost})
-        write_json(STAGING / "metrics.json", {
-            role: {split: v.get("total", v.get("images")) for split, v in counts[role].items()} for role in names})
         write_json(STAGING / COMMIT, {"outputs": {k: str(v) for k, v in OUTPUTS.items()}})
     except BaseException:
         shutil.rmtree(STAGING, ignore_errors=True)
         raise
     _swap_in(STAGING)
     shutil.rmtree(STAGING)
-    return read_json(record_path(METRICS))
+    return read_json(RECORD)

@@ -30,8 +30,9 @@ OBJECT_DIR = Path("data/prepared/object")
 
 
 MODEL_NAMES = {"pretrain_ia": "ir", "pretrain_la": "la", "supervised": "supervised"}
-# the numbers `dvc metrics show` lists; records/<stage>.json has every other one
-HEADLINE = ("epochs", "knn_top1_init", "final_knn_top1", "final_loss", "final_cluster_nmi", "final_cluster_purity")
+# what `dvc metrics show` lists (metrics key: summary key); records/<stage>.json has every number
+HEADLINE = {"knn_top1": "final_knn_top1", "knn_top1_init": "knn_top1_init", "loss": "final_loss",
+            "cluster_nmi": "final_cluster_nmi"}
 
 
 def paths(stage: str) -> dict[str, Path]:
@@ -92,10 +93,20 @@ def run(stage: str, params: Path) -> dict:
         cost["train_seconds"] = round(sum(timed), 2) if None not in timed else None
         summary = result.summary
         record = {**summary, "model": MODEL_NAMES[stage], "stage": stage, "provenance": trainer.provenance(),
-                  "history": result.history, "cost": cost}
-        write_results(p["metrics"], record, {k: summary[k] for k in HEADLINE if k in summary})
+                  "history": result.history, "views": _views(trainer), "cost": cost}
+        write_results(p["metrics"], record, {k: round(summary[v], 4) for k, v in HEADLINE.items() if v in summary})
         logger.close()
     return result.summary
+
+
+def _views(trainer) -> dict:
+    """LA: a gallery of its clusters (the last clustering's first k-means), for the report."""
+    if trainer.kind != "la" or trainer.state.cluster_labels is None:
+        return {}
+    from localagg.evaluation.views import cluster_gallery
+
+    labels = trainer.state.cluster_labels[0].cpu().numpy()
+    return {"clusters": cluster_gallery(labels, trainer.train.labels.numpy())}
 
 
 def supervised_augment(params: Path, aug, cfg):

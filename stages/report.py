@@ -27,22 +27,24 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import yaml
 
 from localagg.errors import UserError
-from localagg.io import write_text
-from localagg.report.figures import detection_figure, pretraining_figure, readout_figure
+from localagg.io import atomic_path, write_text
+from localagg.report.figures import (best_per_class, clusters_figure, detection_figure, detections_figure,
+                                     maps_figure, per_class_figure, pretraining_figure, readout_figure,
+                                     retrieval_figure)
 from localagg.report.markdown import render
-from localagg.report.results import MODELS, ROLES, Record, RunMetrics, aggregate, csv_text
+from localagg.report.results import MODELS, PIXELS, ROLES, TRANSFER_MODELS, Record, RunMetrics, aggregate, csv_text
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
-from .paths import STAGE_OF_MODEL, detection_metrics_path, record_path, transfer_metrics_path
+from .paths import DETECTION_MANIFEST, STAGE_OF_MODEL, detection_metrics_path, record_path, transfer_metrics_path
 
 PRETRAIN_STAGES = {m: s for m, s in STAGE_OF_MODEL.items() if m != "random"}  # models with pretraining metrics
-CURVE_MODELS = ("ir", "la")
 CURVES = ("loss", "knn_top1")
-FIGURES = {"readout": "figures/readout.png", "pretraining": "figures/pretraining.png",
-           "detection": "figures/detection.png"}
+FIGURES = {name: f"figures/{name}.png" for name in
+           ("readout", "pretraining", "per_class", "retrieval", "maps", "clusters", "detection", "detections")}
 
 
 class SweepMetric(NamedTuple):
@@ -57,21 +59,17 @@ class SweepMetric(NamedTuple):
 SWEEP_METRICS = {
     "la_knn_top1": SweepMetric(
         "LA kNN top-1 (end of pretraining)", "metrics/pretrain_la.json",
-        r"metrics/pretrain_la\.json", ("final_knn_top1",)),
-    "la_object_conv5_top1": SweepMetric(
-        "LA conv5 top-1 (centre crop), object set", "metrics/transfer/la-object-seed<s>.json",
-        r"metrics/transfer/la-object(-seed\d+)?\.json", ("linear", "conv5", "top1")),
-    "la_transfer_conv5_top1": SweepMetric(
-        "LA conv5 top-1 (centre crop), transfer set", "metrics/transfer/la-transfer-seed<s>.json",
-        r"metrics/transfer/la-transfer(-seed\d+)?\.json", ("linear", "conv5", "top1")),
+        r"metrics/pretrain_la\.json", ("knn_top1",)),
+    "la_object_best_top1": SweepMetric(
+        "LA best layer top-1 (centre crop), object set", "metrics/transfer/la-object.json",
+        r"metrics/transfer/la-object\.json", ("best_top1",)),
+    "la_transfer_best_top1": SweepMetric(
+        "LA best layer top-1 (centre crop), transfer set", "metrics/transfer/la-transfer.json",
+        r"metrics/transfer/la-transfer\.json", ("best_top1",)),
     "la_detection_AP50": SweepMetric(
         "LA detection AP50", "metrics/detection/la-seed<s>.json",
         r"metrics/detection/la-seed\d+\.json", ("AP50",)),
 }
-
-
-def curve_path(model: str, metric: str) -> Path:
-    return Path("dvclive") / PRETRAIN_STAGES[model] / "plots" / "metrics" / f"{metric}.tsv"
 
 
 def read_seeds(params: Path) -> dict[str, list[int]]:
@@ -98,18 +96,18 @@ def pretrain_record(stage: str) -> Path:
 
 
 PREPARE_RECORD = record_path(Path("metrics/prepare.json"))
+OBJECT_DIR = Path("data/prepared/object")
 
 
 def expected_files(seeds: dict[str, list[int]]) -> list[tuple[Path, str]]:
     """Every file the report reads, with the DVC stage that writes it (`seeds` from `read_seeds`):
-    the records (records/..., the full numbers beside each metrics file) and the curves."""
+    the records (records/..., the full numbers beside each metrics file, curves included)."""
     files = [(PREPARE_RECORD, "prepare")]
     files += [(pretrain_record(stage), stage) for stage in PRETRAIN_STAGES.values()]
-    files += [(record_path(transfer_metrics_path(m, d, s)), f"transfer@{m}-{d}-{s}")
-              for d in ROLES for m in MODELS for s in seeds["transfer"]]
+    files += [(record_path(transfer_metrics_path(m, d)), f"pixels@{d}" if m == PIXELS else f"transfer@{m}-{d}")
+              for d in ROLES for m in TRANSFER_MODELS]
     files += [(record_path(detection_metrics_path(m, s)), f"detection@{m}-{s}")
               for m in MODELS for s in seeds["detection"]]
-    files += [(curve_path(m, c), PRETRAIN_STAGES[m]) for m in CURVE_MODELS for c in CURVES]
     return files
 
 
@@ -123,18 +121,22 @@ def _record(path: Path, stage: str) -> Record:
     return Record(str(path), data, stage)
 
 
-def _curve(path: Path, stage: str) -> list[tuple[float, float]]:
-    """The (step, value) rows of a dvclive TSV with columns `step` and the metric named like the file."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    try:
-        points = [(float(row["step"]), float(row[path.stem])) for row in rows]
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{path}: expected tab-separated columns `step` and `{path.stem}` with numbers: "
-                        f"rerun `dvc repro {stage}`.") from None
-    if not points:
-        raise UserError(f"{path} has no rows: rerun `dvc repro {stage}`.")
-    return points
+def _curves(record: Record) -> dict[str, list[tuple[float, float]]]:
+    """(epoch, value) of the loss and the kNN top-1 from a pretraining record's history; the kNN
+    of the network before training is epoch 0 (the warm start's, for LA: its start)."""
+    history = record.get("history")
+    if not isinstance(history, list) or not history:
+        raise UserError(f"{record.path}: `history` should list the epochs: rerun `dvc repro {record.stage}`.")
+    out = {c: [] for c in CURVES}
+    start = record.get("knn_top1_init", optional=True)
+    if start is not None:
+        out["knn_top1"].append((0.0, record.number("knn_top1_init")))
+    for i, row in enumerate(history):
+        row_record = Record(record.path, row, record.stage)
+        for c in CURVES:
+            if c in row:
+                out[c].append((row_record.number("epoch"), row_record.number(c)))
+    return out
 
 
 def load(params: Path) -> RunMetrics:
@@ -152,14 +154,25 @@ def load(params: Path) -> RunMetrics:
     run = RunMetrics(
         prepare=rec[PREPARE_RECORD],
         pretrain={m: rec[pretrain_record(stage)] for m, stage in PRETRAIN_STAGES.items()},
-        transfer={(m, d): [rec[record_path(transfer_metrics_path(m, d, s))] for s in seeds["transfer"]]
-                  for d in ROLES for m in MODELS},
+        transfer={(m, d): per_seed(rec[record_path(transfer_metrics_path(m, d))], seeds["transfer"])
+                  for d in ROLES for m in TRANSFER_MODELS},
         detection={m: [rec[record_path(detection_metrics_path(m, s))] for s in seeds["detection"]] for m in MODELS},
-        curves={m: {c: _curve(curve_path(m, c), PRETRAIN_STAGES[m]) for c in CURVES} for m in CURVE_MODELS},
-        curve_files=[str(curve_path(m, c)) for m in CURVE_MODELS for c in CURVES],
+        curves={m: _curves(rec[pretrain_record(stage)]) for m, stage in PRETRAIN_STAGES.items()},
     )
     check_slots(run, seeds)
     return run
+
+
+def per_seed(record: Record, seeds: list[int]) -> list[Record]:
+    """A transfer cell's record as one Record per readout seed (its linear results and per-class
+    accuracy; the rest, kNN included, is the cell's), after checking it ran `seeds`."""
+    found = record.get("seeds")
+    if found != seeds:
+        raise UserError(f"{record.path} holds readout seeds {found}, transfer.seeds is {seeds}: "
+                        f"rerun `dvc repro {record.stage}`.")
+    runs = {run.get("seed"): run for run in record.get("runs")}
+    return [Record(record.path, {**record.data, "seed": s, "linear": runs[s].get("linear"),
+                                 "per_class": runs[s].get("per_class")}, record.stage) for s in seeds]
 
 
 def check_slots(m: RunMetrics, seeds: dict[str, list[int]]) -> None:
@@ -176,8 +189,7 @@ def check_slots(m: RunMetrics, seeds: dict[str, list[int]]) -> None:
     for model, record in m.pretrain.items():
         expect(record, model=model, stage=PRETRAIN_STAGES[model])
     for (model, role), records in m.transfer.items():
-        for seed, record in zip(seeds["transfer"], records):
-            expect(record, model=model, dataset=role, seed=seed)
+        expect(records[0], model=model, dataset=role)
     for model, records in m.detection.items():
         for seed, record in zip(seeds["detection"], records):
             expect(record, model=model, seed=seed)
@@ -192,14 +204,90 @@ def run(params: Path, out: Path = Path("reports")) -> list[Path]:
     """
     m = load(Path(params))
     cells = aggregate(m)
-    text = render(m, cells, FIGURES)
     out = Path(out)
+    text = render(m, cells, {name: FIGURES[name] for name in figure_names(m)})
+    with atomic_path(out / "figures") as tmp:  # every figure, or the old folder stays whole
+        drawn = draw_figures(m, cells, tmp.parent)
+    write_text(out / "results.csv", csv_text(cells))
+    write_text(out / "results.md", text)
+    return [out / "results.md", out / "results.csv", *(out / FIGURES[name] for name in drawn)]
+
+
+def figure_names(m: RunMetrics) -> list[str]:
+    """The figures the records allow: LA's clusters and the detector's boxes need them recorded."""
+    names = ["readout", "pretraining", "detection", "per_class", "retrieval", "maps"]
+    if (m.pretrain["la"].get("views", optional=True) or {}).get("clusters"):
+        names.append("clusters")
+    if (m.detection["la"][0].get("views", optional=True) or {}).get("detections"):
+        names.append("detections")
+    return names
+
+
+def draw_figures(m: RunMetrics, cells, out: Path) -> list[str]:
+    """Draw `figure_names(m)` under `out` (FIGURES paths), from the records and the prepared images."""
+    drawn = ["readout", "pretraining", "detection", "per_class", "retrieval", "maps"]
+    obj = ObjectImages(OBJECT_DIR)
     readout_figure(cells, out / FIGURES["readout"])
     pretraining_figure(m.curves, out / FIGURES["pretraining"])
     detection_figure(cells, out / FIGURES["detection"])
-    write_text(out / "results.csv", csv_text(cells))
-    write_text(out / "results.md", text)
-    return [out / "results.md", out / "results.csv", *(out / f for f in FIGURES.values())]
+    per_class = {model: {} for model in TRANSFER_MODELS}
+    for model in TRANSFER_MODELS:
+        for r in m.transfer[(model, "object")]:
+            for layer, values in (r.get("per_class", optional=True) or {}).items():
+                per_class[model].setdefault(layer, []).append(values)
+    classes = m.transfer[("la", "object")][0].get("classes")
+    per_class_figure(best_per_class(cells, per_class, "object"), classes, obj.name, out / FIGURES["per_class"])
+    views = {model: m.transfer[(model, "object")][0].get("views", optional=True) or {} for model in TRANSFER_MODELS}
+    retrieval_figure({k: v["retrieval"] for k, v in views.items() if "retrieval" in v}, obj.image, obj.label,
+                     out / FIGURES["retrieval"])
+    maps_figure({k: v["map"] for k, v in views.items() if "map" in v}, lambda i: obj.label("val", i), classes,
+                out / FIGURES["maps"])
+    clusters = (m.pretrain["la"].get("views", optional=True) or {}).get("clusters") or []
+    if clusters:
+        clusters_figure(clusters, obj.image, classes, out / FIGURES["clusters"])
+        drawn.append("clusters")
+    detection = m.detection["la"][0]
+    examples = (detection.get("views", optional=True) or {}).get("detections") or []
+    if examples:
+        from localagg.data.voc import read_voc_manifest
+
+        manifest = read_voc_manifest(DETECTION_MANIFEST)
+        year = manifest["splits"]["test"][0][0]
+        detections_figure(examples, lambda e: _picture(Path(manifest["root"]) / year / "JPEGImages" / f"{e['image_id']}.jpg"),
+                          detection.get("classes"), out / FIGURES["detections"])
+        drawn.append("detections")
+    return drawn
+
+
+def _picture(path: Path, side: int | None = None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if side:
+            im = im.resize((side, side), Image.BILINEAR)
+        return np.asarray(im)
+
+
+class ObjectImages:
+    """The prepared object set's images and labels by split and index (thumbnails for figures)."""
+
+    def __init__(self, data_dir: Path):
+        from localagg.data.manifest import read_arrays_split, read_files_split, read_info
+
+        self.dir, self.info = Path(data_dir), read_info(data_dir)
+        self.name = self.info.name
+        self._splits = {split: (read_arrays_split(data_dir, split) if self.info.kind == "arrays"
+                                else read_files_split(data_dir, split)) for split in ("train", "val")}
+
+    def image(self, split: str, index: int) -> np.ndarray:
+        items, _ = self._splits[split]
+        if self.info.kind == "arrays":
+            return np.asarray(items[index])
+        return _picture(Path(self.info.root) / items[index], side=96)
+
+    def label(self, split: str, index: int) -> int:
+        return int(self._splits[split][1][index])
 
 
 def _dvc_command() -> list[str]:

@@ -1,79 +1,124 @@
 """Stage `transfer` (a DVC matrix over model x dataset): per-layer linear readout and kNN.
 
-For model in {la, ir, random, supervised} (models/<model>.pt), dataset in {object,
-transfer} (data/prepared/<dataset>) and seed in transfer.seeds, with the `model`, `augment`
-and `transfer` sections:
+For model in {la, ir, random, supervised} (models/<model>.pt) or `pixels` (the raw-pixel
+baseline: the normalised input read out as one layer, no network), dataset in {object,
+transfer} (data/prepared/<dataset>), with the `model`, `augment` and `transfer` sections:
 
-    metrics/transfer/<model>-<dataset>-seed<s>.json   per-layer top-1 (centre and 10-crop), kNN top-1
-    records/transfer/<model>-<dataset>-seed<s>.json   also top-5, feature sizes, what ran (readout
-                                                      protocol, the model's provenance), cost
-    dvclive/transfer/<model>-<dataset>-seed<s>/       readout training curves (loss per layer, lr)
+    metrics/transfer/<model>-<dataset>.json   best layer and conv5 top-1 (mean over the readout
+                                              seeds), kNN top-1
+    records/transfer/<model>-<dataset>.json   every seed's top-1/top-5 per layer (centre and
+                                              10-crop) and per class, feature sizes, kNN, what
+                                              ran (readout protocol, the model's provenance),
+                                              retrieval and an embedding map (object set), cost
+    dvclive/transfer/<model>-<dataset>/seed<s>/   readout training curves (loss per layer, lr)
+
+The readout runs once per seed of `transfer.seeds` in one process: with cached features the
+backbone's passes serve every seed, so the seed spread costs little. kNN is deterministic.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from localagg.errors import UserError
 from localagg.io import read_json
 
 from .common import DvcLiveLogger, measure_cost, write_results
-from .params import check_seed, load_section
+from .params import load_section
 from .paths import DATASETS as DATASET_NAMES
-from .paths import MODELS, STAGE_OF_MODEL, model_path, transfer_cell, transfer_metrics_path
+from .paths import PIXELS, STAGE_OF_MODEL, TRANSFER_MODELS, model_path, transfer_cell, transfer_metrics_path
 
 DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
+VIEWS_ROLE = "object"  # retrieval and the embedding map are made on the object set
 
 
-def run(model: str, dataset: str, params: Path, seed: int = 0) -> dict:
-    from localagg.evaluation.linear import train_linear_readout
-    from localagg.evaluation.transfer import knn_eval, load_backbone, open_readout_split
+def run(model: str, dataset: str, params: Path) -> dict:
+    from localagg.data.datasets import open_split
+    from localagg.evaluation import views
+    from localagg.evaluation.knn import knn_top1
+    from localagg.evaluation.linear import train_linear_readouts
+    from localagg.evaluation.transfer import knn_eval, load_backbone, open_readout_split, pixel_knn
+    from localagg.models.backbone import RawPixels
     from localagg.training.checkpoint import load_export
 
-    if model not in MODELS:
-        raise UserError(f"unknown model {model!r}; expected one of: {', '.join(MODELS)}.")
+    if model not in TRANSFER_MODELS:
+        raise UserError(f"unknown model {model!r}; expected one of: {', '.join(TRANSFER_MODELS)}.")
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}.")
-    model_cfg = load_section(params, "model")
     aug = load_section(params, "augment")
     p = load_section(params, "transfer")
-    check_seed("transfer", seed, p.seeds)
-    readout = getattr(p, dataset).model_copy(update={"seed": seed})
-    ckpt = model_path(model)
-    if not ckpt.is_file():
+    model_cfg = load_section(params, "model") if model != PIXELS else None  # the baseline reads no `model`
+    readout = getattr(p, dataset)
+    if model == PIXELS:
+        readout = readout.model_copy(update={"layers": [PIXELS]})
+    ckpt = model_path(model) if model != PIXELS else None
+    if ckpt is not None and not ckpt.is_file():
         raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
     data_dir = DATASETS[dataset]
-    classes = read_json(data_dir / "dataset.json")["classes"] if (data_dir / "dataset.json").is_file() else None
-    if classes is None:
+    if not (data_dir / "dataset.json").is_file():
         raise UserError(f"{data_dir}/dataset.json does not exist: run `dvc repro prepare` first.")
-    from localagg.data.datasets import open_split
-
-    name = transfer_cell(model, dataset, seed)
+    info = read_json(data_dir / "dataset.json")
+    classes = info["classes"]
+    cell = transfer_cell(model, dataset)
     train_split = open_readout_split(data_dir, "train", readout)
     if p.knn.k > len(train_split):
         raise UserError(f"transfer.knn.k = {p.knn.k:,} is larger than the {len(train_split):,} training images of the "
                         f"{dataset} set; lower it.")
-    logger = DvcLiveLogger(Path("dvclive") / "transfer" / name)
+    loggers: dict[int, DvcLiveLogger] = {}
+
+    def logger_for(seed: int) -> DvcLiveLogger:
+        loggers[seed] = DvcLiveLogger(Path("dvclive") / "transfer" / cell / f"seed{seed}")
+        return loggers[seed]
+
     with measure_cost() as cost:
-        export = load_export(ckpt, "pretrained model")
-        backbone = load_backbone(ckpt, model_cfg, export=export)
-        val = open_readout_split(data_dir, "val", readout)
-        result = train_linear_readout(backbone, train_split, val, len(classes), readout, aug, logger=logger)
-        logger.close()
-        knn = knn_eval(backbone, open_split(data_dir, "train", crop_size=aug.crop_size),
-                       open_split(data_dir, "val", crop_size=aug.crop_size), len(classes), k=p.knn.k,
-                       temperature=p.knn.temperature, augment_spec=aug, device=readout.device,
-                       num_workers=readout.num_workers)
-    info = read_json(data_dir / "dataset.json")
+        if model == PIXELS:
+            export, backbone = {"provenance": []}, RawPixels()
+        else:
+            export = load_export(ckpt, "pretrained model")
+            backbone = load_backbone(ckpt, model_cfg, export=export)
+        val_split = open_readout_split(data_dir, "val", readout)
+        result = train_linear_readouts(backbone, train_split, val_split, len(classes), readout, aug, p.seeds, logger_for)
+        for logger in loggers.values():
+            logger.close()
+        shared = result["knn_features"]  # the readout's cached forwards, when their geometry is kNN's
+        if shared is not None and (readout.resize, readout.crop_size) == (aug.crop_size, aug.crop_size) \
+                and info["kind"] == "arrays":
+            knn = {space: knn_top1(shared["val"][space], val_split.labels, shared["train"][space], train_split.labels,
+                                   len(classes), p.knn.k, p.knn.temperature) for space in shared["val"]}
+            features = {split: shared[split][PIXELS if model == PIXELS else "embedding"] for split in ("train", "val")}
+        else:
+            knn_train = open_split(data_dir, "train", crop_size=aug.crop_size)
+            knn_val = open_split(data_dir, "val", crop_size=aug.crop_size)
+            knn_args = dict(k=p.knn.k, temperature=p.knn.temperature, augment_spec=aug,
+                            num_workers=readout.num_workers, return_features=dataset == VIEWS_ROLE)
+            knn = (pixel_knn(knn_train, knn_val, len(classes), **knn_args) if model == PIXELS else
+                   knn_eval(backbone, knn_train, knn_val, len(classes), device=readout.device, **knn_args))
+            features = knn.pop("features", None)
+        shown = {}
+        if dataset == VIEWS_ROLE:
+            shown = {"retrieval": views.retrieval(features["train"], features["val"], val_split.labels),
+                     "map": views.embedding_map(features["val"])}
     protocol = {"dataset": info["name"], "train_images": info["splits"]["train"], "val_images": info["splits"]["val"],
                 "readout": readout.model_dump(mode="json", exclude={"seed", "device", "num_workers"}),
                 "knn": p.knn.model_dump(mode="json")}
-    knn_top1 = {"embedding": knn["embedding"], "conv5": knn["conv5"]}
-    record = {"model": model, "dataset": dataset, "dataset_name": info["name"], "arch": model_cfg.arch, "seed": seed,
-              "linear": result["layers"], "feature_dims": result["feature_dims"], "knn": knn_top1,
-              "knn_k": p.knn.k, "epochs": readout.epochs, "protocol": protocol,
-              "provenance": export.get("provenance") or [], "cost": cost}
-    headline = {"linear": {layer: {k: v for k, v in m.items() if k.startswith("top1")}
-                           for layer, m in result["layers"].items()}, "knn": knn_top1}
-    write_results(transfer_metrics_path(model, dataset, seed), record, headline)
+    runs = [{"seed": r["seed"], "linear": r["layers"], "per_class": r["per_class"]} for r in result["runs"]]
+    record = {"model": model, "dataset": dataset, "dataset_name": info["name"],
+              "arch": model_cfg.arch if model_cfg is not None else "none",
+              "seeds": list(p.seeds), "runs": runs, "feature_dims": result["feature_dims"], "knn": knn,
+              "knn_k": p.knn.k, "classes": classes, "protocol": protocol, "provenance": export.get("provenance") or [],
+              "views": shown, "cost": cost}
+    write_results(transfer_metrics_path(model, dataset), record, headline(runs, knn))
     return record
+
+
+def headline(runs: list[dict], knn: dict) -> dict:
+    """What `dvc metrics show` lists for a cell: the best layer's and conv5's top-1 (centre crop,
+    mean over seeds) and the kNN top-1 (embedding; raw pixels for the pixel baseline)."""
+    layers = runs[0]["linear"]
+    mean = {layer: statistics.fmean(r["linear"][layer]["top1"] for r in runs) for layer in layers}
+    best = max(mean, key=mean.get)
+    out = {"best_top1": round(mean[best], 2), "knn_top1": round(knn.get("embedding", knn.get(PIXELS)), 2)}
+    if "conv5" in mean:
+        out["conv5_top1"] = round(mean["conv5"], 2)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,14 +88,14 @@ def test_transfer_without_its_model_names_the_stage_to_run(tmp_path):
     proc = localagg("transfer", "--model", "la", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     _assert_user_error(proc, "models/la.pt does not exist", "dvc repro pretrain_la")
     proc = localagg("transfer", "--model", "byol", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
-    _assert_user_error(proc, "unknown model 'byol'", "la, ir, random, supervised")
+    _assert_user_error(proc, "'byol' is not one of 'la', 'ir', 'random', 'supervised'")
 
 
 def test_detection_without_its_model_names_the_stage_to_run(tmp_path):
     proc = localagg("detection", "--model", "ir", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     _assert_user_error(proc, "models/ir.pt does not exist", "dvc repro pretrain_ia")
     proc = localagg("detection", "--model", "moco", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
-    _assert_user_error(proc, "unknown model 'moco'")
+    _assert_user_error(proc, "'moco' is not one of")
 
 
 @pytest.mark.parametrize("mutate, fragments", [
@@ -130,7 +131,7 @@ def test_detection_on_cuda_without_enough_gpus_stops_before_training(tmp_path):
     (lambda p: p["augment"].update(std=[0, 0, 0]), ["augment.std", "must be > 0"]),
     (lambda p: p["augment"].update(crop_scale=[1.5, 0.2]), ["augment.crop_scale", "0 < min <= max <= 1"]),
     (lambda p: p["pretrain_la"].update(temperature=float("inf")), ["pretrain_la.temperature", "finite"]),
-    (lambda p: p["pretrain_la"].update(k=20000), ["pretrain_la.k: 20,000 is larger than the 10,000 training images"]),
+    (lambda p: p["pretrain_la"].update(k=20000), ["pretrain_la.k: 20,000 is larger than the 8,000 training images"]),
     (lambda p: p["transfer"]["knn"].update(k=5000), ["transfer.knn.k: 5,000 is larger than the 4,000 training images "
                                                      "of the transfer set"]),
     (lambda p: p["pretrain_ia"].update(sync_bn=True, bn_groups=2), ["sync_bn", "bn_groups"]),
@@ -176,3 +177,23 @@ def test_a_second_writer_of_the_same_outputs_is_refused_with_the_holders_pid(tmp
         proc = localagg("report", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     _assert_user_error(proc, f"another localagg process (PID {os.getpid()}) is writing reports/", f"kill {os.getpid()}")
     assert not (tmp_path / "reports").exists()
+
+
+def test_progress_is_one_log_line_per_epoch_in_a_pipe(tmp_path):
+    """Piped (CI, SLURM, nohup), a stage still says how it goes: a line per epoch with loss, lr,
+    img/s, kNN, elapsed time and ETA (no progress bars off a terminal)."""
+    import re
+
+    from tests.conftest import make_arrays_dataset
+
+    make_arrays_dataset(tmp_path / "data" / "prepared" / "object")
+    params = write_params(tmp_path, lambda p: p["pretrain_ia"].update(epochs=2, batch_size=8, knn_k=5))
+    proc = subprocess.run(f"{sys.executable} -m stages pretrain-ia --params {params} 2>&1 | cat", shell=True,
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "LOCALAGG_NO_PROGRESS": ""})
+    assert proc.returncode == 0, proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if " ir epoch " in line]
+    assert len(lines) == 2, proc.stdout
+    pattern = (r"^\d\d:\d\d:\d\d ir epoch (\d)/2: loss [\d.]+, lr 0.03, [\d,]+ img/s, kNN [\d.]+%, epoch \d+s, "
+               r"elapsed \d+s, ETA \d+s$")
+    assert [re.match(pattern, line).group(1) for line in lines] == ["1", "2"], lines
+    assert "\r" not in proc.stdout  # no progress bar in a pipe

@@ -10,9 +10,10 @@ from PIL import Image
 from localagg.data.augment import AugmentSpec
 from localagg.data.datasets import ArrayImages, FileImages, file_transform
 from localagg.errors import UserError
-from localagg.evaluation.linear import LayerReadout, LinearReadoutConfig, pooled_dim, train_linear_readout
-from localagg.evaluation.transfer import load_backbone
-from localagg.models.backbone import READOUT_LAYERS, EmbeddingNet
+from localagg.evaluation.linear import (LayerReadout, LinearReadoutConfig, pooled_dim, train_linear_readout,
+                                       train_linear_readouts)
+from localagg.evaluation.transfer import knn_eval, load_backbone, pixel_knn
+from localagg.models.backbone import READOUT_LAYERS, EmbeddingNet, RawPixels
 from localagg.training import checkpoint as ckpt
 from localagg.training.config import ModelConfig
 
@@ -171,3 +172,67 @@ def test_load_backbone_restores_weights_and_names_a_mismatch(tmp_path):
     ckpt.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(UserError, match=r"other\.pt has no model, model_meta, objective: it is not a localagg model export"):
         load_backbone(tmp_path / "other.pt", cfg)
+
+
+# the authors' TF rule, conv1 read after the max-pool: la-method.md's dimensions for ResNet-50
+OFFICIAL_DIMS = {"resnet50": [50176, 50176, 100352, 50176, 100352], "resnet18": [50176, 50176, 100352, 50176, 25088]}
+
+
+@pytest.mark.parametrize("arch", list(OFFICIAL_DIMS))
+def test_official_pooling_gives_the_authors_dimensions(arch):
+    with torch.device("meta"):
+        model = EmbeddingNet(arch, "imagenet", 8)
+        maps = model.features(torch.empty(2, 3, 224, 224), conv1_after_maxpool=True)
+        dims = []
+        for layer in READOUT_LAYERS:
+            head = LayerReadout(*maps[layer].shape[1:], 10, 200_000, rule="official")
+            assert head.pool(maps[layer]).shape == (2, head.dim)
+            dims.append(head.dim)
+    assert dims == OFFICIAL_DIMS[arch]
+
+
+def test_official_pooling_averages_windows_past_the_edge_over_what_they_hold():
+    head = LayerReadout(1000, 7, 7, 2, 10_000, rule="official")  # 49,000 dims > 10,000 x 4: pool by 4
+    assert head.factor == 4 and head.pool_size == (2, 2)
+    fmap = torch.arange(49.0).reshape(1, 1, 7, 7).expand(1, 1000, 7, 7)
+    pooled = head.pool(fmap).reshape(1000, 2, 2)[0]
+    assert pooled[1, 1].item() == pytest.approx(torch.arange(49.0).reshape(7, 7)[4:, 4:].mean().item())
+
+
+def test_ten_crops_need_a_readout_trained_on_crops():
+    with pytest.raises(ValueError, match="ten_crop needs a readout trained on crops"):
+        config(train_augment="none", cache_features=True, ten_crop=True)
+
+
+def test_seeds_share_the_backbone_and_each_equals_its_own_run():
+    train, val = intensity_classes(32, noise=60.0), intensity_classes(8, noise=60.0, seed=1)
+    cfg = config(train_augment="none", cache_features=True, ten_crop=False, layers=["conv1", "conv5"])
+    together = train_linear_readouts(tiny_model(), train, val, 4, cfg, SPEC, seeds=[0, 1])
+    for run in together["runs"]:
+        alone = train_linear_readout(tiny_model(), train, val, 4, cfg.model_copy(update={"seed": run["seed"]}), SPEC)
+        assert run["layers"] == alone["layers"] and run["per_class"] == alone["per_class"]
+    assert together["runs"][0]["layers"] != together["runs"][1]["layers"]
+
+
+def test_knn_features_of_the_readout_cache_are_knn_evals():
+    train, val = intensity_classes(32, noise=60.0), intensity_classes(8, noise=60.0, seed=1)
+    spec = AugmentSpec(crop_size=SIZE)
+    cfg = config(crop_size=SIZE, eval_resize=SIZE, train_augment="none", cache_features=True, ten_crop=False)
+    cached = train_linear_readouts(tiny_model(), train, val, 4, cfg, spec, seeds=[0])["knn_features"]
+    direct = knn_eval(tiny_model(), train, val, 4, k=5, augment_spec=spec, device="cpu", return_features=True)
+    torch.testing.assert_close(cached["val"]["embedding"], direct["features"]["val"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cached["train"]["embedding"], direct["features"]["train"], rtol=1e-5, atol=1e-6)
+
+
+def test_the_raw_pixel_baseline_reads_out_the_normalised_input(tiny_data):
+    """Blobs whose class is their quadrant: the pixels separate them, linearly and by kNN."""
+    from localagg.data.datasets import open_split
+
+    train, val = open_split(tiny_data, "train"), open_split(tiny_data, "val")
+    cfg = config(layers=["pixels"], epochs=10, train_augment="none", cache_features=True, ten_crop=False)
+    result = train_linear_readout(RawPixels(), train, val, 4, cfg, SPEC)
+    assert result["feature_dims"] == {"pixels": 3 * 28 * 28} and result["layers"]["pixels"]["top1"] >= 75.0
+    knn = pixel_knn(train, val, 4, k=5, augment_spec=SPEC)
+    assert set(knn) == {"pixels"} and knn["pixels"] >= 75.0
+    with pytest.raises(UserError, match="only the layer 'pixels'"):
+        RawPixels().features(torch.zeros(1, 3, 8, 8), ["conv1"])

@@ -102,7 +102,7 @@ def build_voc(root: Path, rng) -> None:
 def sizes(datasets: Path) -> dict:
     """The overrides of the test: dataset roots and sizes only (module docstring)."""
     pretrain = {"epochs": 1, "batch_size": 8, "lr_drops": [], "knn_k": 4, "num_processes": 1, "num_workers": 0}
-    readout = {"epochs": 1, "batch_size": 8, "lr_drops": [], "num_workers": 0}
+    readout = {"epochs": 1, "batch_size": 8, "lr_drops": [], "num_workers": 0}  # one readout seed (the preset's)
     return {
         "prepare": {"workers": 1, "object": {"root": str(datasets / "imagenet")},
                     "transfer": {"root": str(datasets / "places205")},
@@ -167,12 +167,12 @@ def test_the_paper_preset_runs_end_to_end_on_real_layout_data(paper_run):
     la = json.loads((repo / "records/pretrain_la.json").read_text())
     assert [s["objective"] for s in la["provenance"]] == ["ir", "la"]
     assert la["provenance"][1]["config"]["num_kmeans"] == 10 and la["provenance"][0]["config"]["num_negatives"] == 4096
-    obj = json.loads((repo / "records/transfer/la-object-seed0.json").read_text())["protocol"]["readout"]
+    obj = json.loads((repo / "records/transfer/la-object.json").read_text())["protocol"]["readout"]
     assert (obj["train_augment"], obj["pool_rule"], obj["conv1_point"], obj["crop_size"], obj["eval_resize"]) == \
         ("pretraining", "official", "after_maxpool", 224, 256)
-    places = json.loads((repo / "records/transfer/ir-transfer-seed0.json").read_text())["protocol"]["readout"]
+    places = json.loads((repo / "records/transfer/ir-transfer.json").read_text())["protocol"]["readout"]
     assert places["train_augment"] == "resize_random_crop_flip"
-    feature_dims = json.loads((repo / "records/transfer/la-object-seed0.json").read_text())["feature_dims"]
+    feature_dims = json.loads((repo / "records/transfer/la-object.json").read_text())["feature_dims"]
     assert feature_dims == {"conv1": 50176, "conv2": 50176, "conv3": 100352, "conv4": 50176, "conv5": 100352}
     det = json.loads((repo / "records/detection/la-seed0.json").read_text())
     assert det["arch"] == "resnet50" and det["dataset_name"] == "voc07"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-OUTPUTS = ("data/prepared", "metrics/prepare.json", "records/prepare.json")
+OUTPUTS = ("data/prepared", "records/prepare.json")
 
 
 def _params(tmp_path: Path, **detection) -> Path:
@@ -62,7 +62,8 @@ def prepared(tmp_path):
 def test_a_failure_after_some_sets_were_built_leaves_the_previous_outputs_whole(prepared):
     root, _ = prepared
     before = _digest(root)
-    assert json.loads((root / "metrics/prepare.json").read_text())["object"] == {"train": 200, "val": 100}
+    record = json.loads((root / "records/prepare.json").read_text())["object"]
+    assert (record["train"]["total"], record["val"]["total"]) == (200, 100)
     # a VOC tree whose split list is missing: the object and transfer sets are built, then the detection set fails
     voc = root / "VOCdevkit" / "VOC2007"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
@@ -97,7 +98,7 @@ def test_a_kill_at_any_moment_leaves_old_or_new_outputs_never_a_mix(prepared):
     assert proc.returncode == 0, err
     assert _debris(root) == []
     after = _digest(root)
-    assert json.loads((root / "metrics/prepare.json").read_text())["detection"]["test"] == 3
+    assert json.loads((root / "records/prepare.json").read_text())["detection"]["test"]["images"] == 3
     # only the detection set changed; the object and transfer sets are the same bytes
     assert {k for k in after if after[k] != before.get(k)} <= {
         k for k in after if k.startswith("data/prepared/detection") or k.endswith("prepare.json")}
@@ -110,15 +111,13 @@ def test_a_committed_but_interrupted_swap_is_finished_at_the_next_start(prepared
     monkeypatch.chdir(root)
     staging = stage.STAGING
     staging.mkdir()
-    (staging / "metrics.json").write_text('{"new": true}\n')
     (staging / "record.json").write_text('{"new": true}\n')
     (staging / stage.COMMIT).write_text("{}\n")
-    # the swap had moved object, transfer and detection already; metrics and record were still to go
+    # the swap had moved object, transfer and detection already; the record was still to go
     stage.recover()
-    assert json.loads(Path("metrics/prepare.json").read_text()) == {"new": True}
     assert json.loads(Path("records/prepare.json").read_text()) == {"new": True}
     assert not staging.exists()
     staging.mkdir()  # without COMMIT: discarded, outputs untouched
-    (staging / "metrics.json").write_text('{"newer": true}\n')
+    (staging / "record.json").write_text('{"newer": true}\n')
     stage.recover()
-    assert json.loads(Path("metrics/prepare.json").read_text()) == {"new": True} and not staging.exists()
+    assert json.loads(Path("records/prepare.json").read_text()) == {"new": True} and not staging.exists()

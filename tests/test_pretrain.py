@@ -283,3 +283,9 @@ def test_exports_are_byte_identical_across_runs(tiny_data, tmp_path):
     provenance = ckpt.load(tmp_path / "a" / "ir.pt")["provenance"]
     assert [p["objective"] for p in provenance] == ["ir"] and provenance[0]["epochs_done"] == 1
     assert provenance[0]["train_images"] == 32 and provenance[0]["arch"] == "resnet18"
+
+
+def test_on_and_off_read_as_booleans_mean_on_and_off():
+    """PyYAML reads an unquoted `on` as True, and DVC writes params unquoted after `exp run -S`."""
+    cfg = ir_cfg(channels_last=True, amp=False)
+    assert (cfg.channels_last, cfg.amp) == ("on", "off")

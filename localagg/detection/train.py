@@ -48,13 +48,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import UserError
 from ..io import read_json, write_json
 from ..process import die_with_parent
-from ..progress import track
+from ..progress import Clock, track
 from ..training import checkpoint as ckpt
 from . import config as _config  # noqa: F401  (registers LocalAggRes5ROIHeads for build_model)
 from .convert import load_converted, load_strict
 from .data import IterationBatches, iteration_loader, register_voc_manifest, step_seed
 
 TEST_METRICS = "test_metrics.json"  # written by rank 0 into OUTPUT_DIR at the end
+EXAMPLES = "examples.json"          # the final detector's boxes on a few test images (rank 0)
 CHECKPOINT = "checkpoint.pth"       # the one resumable checkpoint in OUTPUT_DIR
 PROGRESS = "progress.json"          # {"iterations": done, "final": bool}, written after each checkpoint
 METRIC_KEYS = ("AP50", "AP", "AP75")
@@ -163,6 +164,7 @@ def train_detector(
     data = iteration_loader(stream, start_iter, max_iter, cfg.DATALOADER.NUM_WORKERS)
     window: dict[str, torch.Tensor] = {}
     steps_in_window = 0
+    clock = Clock(done=start_iter, total=max_iter)
     model.train()
     with EventStorage(start_iter) as storage:
         for iteration in track(range(start_iter, max_iter), "detection training", total=max_iter - start_iter,
@@ -190,9 +192,14 @@ def train_detector(
             last = iteration == max_iter - 1
             if (iteration + 1) % log_period == 0 or last:
                 means = {k: v / steps_in_window for k, v in comm.reduce_dict(window).items()}  # all ranks
-                if logger is not None and comm.is_main_process():
+                if comm.is_main_process():
                     record = {k: float(v) for k, v in means.items()}
-                    logger.log_step(iteration + 1, {"total_loss": sum(record.values()), **record, "lr": lr})
+                    total = sum(record.values())
+                    if logger is not None:
+                        logger.log_step(iteration + 1, {"total_loss": total, **record, "lr": lr})
+                    log.info("detection iteration %s/%s: total_loss %.3f (%s), lr %g, %s", f"{iteration + 1:,}",
+                             f"{max_iter:,}", total, ", ".join(f"{k} {v:.3f}" for k, v in record.items()), lr,
+                             clock.text(iteration + 1))
                 window, steps_in_window = {}, 0
             test_now = last or (cfg.TEST.EVAL_PERIOD and (iteration + 1) % cfg.TEST.EVAL_PERIOD == 0)
             if test_now and precise:  # before saving, so the checkpoint is what is tested
@@ -205,10 +212,35 @@ def train_detector(
                     logger.log_step(iteration + 1, aps)
         aps = _test(cfg, model)
     if comm.is_main_process():
+        log.info("detection test on %s: %s", cfg.DATASETS.TEST[0], ", ".join(f"{k} {v:.2f}" for k, v in aps.items()))
         if logger is not None:
             logger.log_step(max_iter, aps)
+        write_json(Path(cfg.OUTPUT_DIR) / EXAMPLES, predict_examples(cfg, _unwrap(model)))
         write_json(Path(cfg.OUTPUT_DIR) / TEST_METRICS, aps)
     return aps
+
+
+@torch.no_grad()
+def predict_examples(cfg: CfgNode, model: torch.nn.Module, count: int = 4, min_score: float = 0.1,
+                     max_boxes: int = 10) -> list[dict]:
+    """The detector's boxes on the first `count` test images: [{"image_id", "boxes": [[x0, y0, x1,
+    y1, score, class]] (score >= min_score, at most max_boxes, original pixels), "truth": [[x0, y0,
+    x1, y1, class]]}], for the report's pictures."""
+    dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:count]
+    mapper = DatasetMapper(cfg, is_train=False)
+    was_training = model.training
+    model.eval()
+    out = []
+    for d in dicts:
+        instances = model([mapper(d)])[0]["instances"].to("cpu")
+        keep = (instances.scores >= min_score).nonzero().flatten()[:max_boxes]
+        boxes = instances.pred_boxes.tensor[keep].tolist()
+        out.append({"image_id": d["image_id"],
+                    "boxes": [[*(round(v, 1) for v in b), round(float(instances.scores[i]), 3), int(instances.pred_classes[i])]
+                              for b, i in zip(boxes, keep.tolist())],
+                    "truth": [[*a["bbox"], a["category_id"]] for a in d["annotations"]]})
+    model.train(was_training)
+    return out
 
 
 def _build(cfg: CfgNode, rank: int):

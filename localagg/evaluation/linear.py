@@ -49,6 +49,7 @@ square rather than from the full image, and the ten crops' corners are those of 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable, Iterator, Literal, Protocol
 
@@ -60,14 +61,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import augment
 from ..data.augment import AugmentSpec, check_range, step_generator
-from ..models.backbone import READOUT_LAYERS, EmbeddingNet
-from ..progress import track
+from ..models.backbone import PIXELS, READOUT_LAYERS, EmbeddingNet
+from ..progress import Clock, track
 from ..training.config import StepSchedule
 from ..training.distributed import pick_device
 from .crops import center_crop, random_crop, resize_shorter, ten_crop
 
-ReadoutLayer = Literal[READOUT_LAYERS]  # "conv1" .. "conv5"
+ReadoutLayer = Literal[(*READOUT_LAYERS, PIXELS)]  # "conv1" .. "conv5", and "pixels" (the raw-pixel baseline)
 STD_EPS = 1e-5
+log = logging.getLogger(__name__)
 
 
 class EpochLogger(Protocol):
@@ -119,6 +121,9 @@ class LinearReadoutConfig(StepSchedule, BaseModel):
             raise ValueError(f"eval_resize {self.resize} is smaller than crop_size {self.crop_size}")
         if self.cache_features and self.train_augment != "none":
             raise ValueError("cache_features needs train_augment: none (augmented features cannot be cached)")
+        if self.ten_crop and self.train_augment == "none":
+            raise ValueError("ten_crop needs a readout trained on crops and flips (train_augment other than none): "
+                             "the corner and flipped crops are otherwise outside what the classifier saw")
         return self
 
     @property
@@ -207,20 +212,24 @@ class _Readout:
         with torch.no_grad():
             probe = torch.zeros(1, 3, cfg.crop_size, cfg.crop_size, device=self.device)
             shapes = {n: f.shape[1:] for n, f in self._features(probe).items()}
-        g = torch.Generator().manual_seed(cfg.seed)
-        self.heads = nn.ModuleDict()
-        for name in cfg.layers:
-            head = LayerReadout(*shapes[name], num_classes, cfg.pool_target_dims, cfg.pool_rule)
-            with torch.no_grad():
-                head.fc.weight.normal_(0.0, 0.01, generator=g)
-                head.fc.bias.zero_()
-            self.heads[name] = head
+        self.heads = nn.ModuleDict({name: LayerReadout(*shapes[name], num_classes, cfg.pool_target_dims, cfg.pool_rule)
+                                    for name in cfg.layers})
         self.heads.to(self.device)
+        self.reset_heads(cfg.seed)
         # geometry of random_resized_crop_flip: augment.apply without colour or grey changes
         self.rrc = AugmentSpec(crop_size=cfg.crop_size, crop_scale=cfg.crop_scale, hflip=True,
                                color_jitter=(0.0, 0.0, 0.0, 0.0), grayscale_p=0.0, mean=spec.mean, std=spec.std)
         # train_augment "pretraining" (the authors' TF readout): the pretraining recipe at the readout's crop size
         self.pretraining = spec.model_copy(update={"crop_size": cfg.crop_size})
+
+    @torch.no_grad()
+    def reset_heads(self, seed: int) -> None:
+        """Fresh classifiers for a run with `seed` (weights N(0, 0.01), biases 0); the fixed
+        standardisation statistics are kept."""
+        g = torch.Generator().manual_seed(seed)
+        for head in self.heads.values():
+            head.fc.weight.copy_(torch.empty_like(head.fc.weight, device="cpu").normal_(0.0, 0.01, generator=g))
+            head.fc.bias.zero_()
 
     # ------------------------------------------------------------------ geometry and features
 
@@ -251,13 +260,17 @@ class _Readout:
         return augment.normalize(random_crop(x, cfg.crop_size, top_left, flip), self.spec)
 
     @torch.no_grad()
-    def pooled(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised images (B, 3, S, S) -> {layer: pooled features (B, D)}, one backbone forward."""
+    def pooled(self, x: torch.Tensor, extras: dict | None = None) -> dict[str, torch.Tensor]:
+        """Normalised images (B, 3, S, S) -> {layer: pooled features (B, D)}, one backbone forward.
+        `extras` (a dict) receives the kNN features of the same forward (`knn_features`)."""
         maps = self._features(x)
+        if extras is not None:
+            extras.update(knn_features(self.model, maps))
         return {n: self.heads[n].pool(maps[n]) for n in self.cfg.layers}
 
-    def _eval_pooled(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.pooled(augment.normalize(center_crop(self.eval_view(images), self.cfg.crop_size), self.spec))
+    def _eval_pooled(self, images: torch.Tensor, extras: dict | None = None) -> dict[str, torch.Tensor]:
+        x = augment.normalize(center_crop(self.eval_view(images), self.cfg.crop_size), self.spec)
+        return self.pooled(x, extras)
 
     # ------------------------------------------------------------------ passes over the training set
 
@@ -287,29 +300,36 @@ class _Readout:
             head.inv_std.copy_((var + STD_EPS).rsqrt().float())
 
     @torch.no_grad()
-    def cache(self, train_ds: Dataset) -> dict[str, torch.Tensor]:
-        """Pooled features {layer: (N, D) float32 on the CPU} of the whole training set (eval geometry)."""
+    def cache(self, train_ds: Dataset, extras: dict | None = None) -> dict[str, torch.Tensor]:
+        """Pooled features {layer: (N, D) float32 on the CPU} of a whole split (eval geometry);
+        `extras` (a dict) receives the kNN features of the same forwards, (N, D) each."""
         n, bs = len(train_ds), self.cfg.batch_size
         out = {k: torch.empty(n, h.dim) for k, h in self.heads.items()}
         for images, _, idx in track(self._batches(train_ds, list(torch.arange(n).split(bs))), "readout feature cache",
                                     total=-(-n // bs)):
-            for k, p in self._eval_pooled(images).items():
+            found: dict | None = {} if extras is not None else None
+            for k, p in self._eval_pooled(images, found).items():
                 out[k][idx] = p.cpu()
+            for k, v in (found or {}).items():
+                extras.setdefault(k, torch.empty(n, v.shape[1]))[idx] = v.cpu()
         return out
 
     def train(self, train_ds: Dataset, logger: EpochLogger | None,
-              cached: dict[str, torch.Tensor] | None = None) -> list[dict[str, float]]:
-        """SGD on the heads: over `cached` pooled features when given, else over (augmented) images."""
+              cached: dict[str, torch.Tensor] | None = None, seed: int | None = None) -> list[dict[str, float]]:
+        """SGD on the heads: over `cached` pooled features when given, else over (augmented) images.
+        `seed` (default cfg.seed) draws the order of the images and their augmentation."""
         cfg = self.cfg
+        seed = cfg.seed if seed is None else seed
         labels_all = train_ds.labels
         opt = torch.optim.SGD(self.heads.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         history = []
         n = len(train_ds)
+        clock = Clock(total=cfg.epochs)
         for epoch in range(cfg.epochs):
             lr = cfg.lr_at(epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            order = torch.randperm(n, generator=step_generator(cfg.seed, epoch))
+            order = torch.randperm(n, generator=step_generator(seed, epoch))
             index_batches = list(order.split(cfg.batch_size))
             if cached is None:
                 source = self._batches(train_ds, index_batches)
@@ -319,7 +339,7 @@ class _Readout:
             for step, (images, labels, idx) in enumerate(track(source, f"readout epoch {epoch + 1}/{cfg.epochs}",
                                                                total=len(index_batches))):
                 if cached is None:
-                    feats = self.pooled(self.train_view(images, step_generator(cfg.seed, epoch, step)))
+                    feats = self.pooled(self.train_view(images, step_generator(seed, epoch, step)))
                 else:
                     feats = {k: cached[k][idx].to(self.device) for k in cfg.layers}
                 y = labels.to(self.device)
@@ -334,27 +354,41 @@ class _Readout:
             history.append({"epoch": epoch + 1, **metrics})
             if logger is not None:
                 logger.log_epoch(epoch + 1, metrics)
+            if (epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch + 1 == cfg.epochs:  # about five lines a run
+                losses = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("loss_"))
+                log.info("readout seed %d epoch %d/%d: %s, lr %g, %s", seed, epoch + 1, cfg.epochs, losses, lr,
+                         clock.text(epoch + 1))
         return history
 
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self, val_ds: Dataset) -> dict[str, dict[str, float]]:
-        """Top-1/top-5 (%) per layer on the centre crop and, with cfg.ten_crop, on 10 crops."""
+    def evaluate(self, val_ds: Dataset, cached: dict[str, torch.Tensor] | None = None) -> dict:
+        """Top-1/top-5 (%) per layer on the centre crop and, with cfg.ten_crop, on 10 crops; and the
+        centre-crop top-1 of every class. `cached`: the centre-crop pooled features of `val_ds`
+        (from `cache`, when there are no 10 crops to compute)."""
         cfg = self.cfg
         n, bs = len(val_ds), cfg.batch_size
         k5 = min(5, self.num_classes)
         views = ("", "_10crop") if cfg.ten_crop else ("",)
         centre = 4 if cfg.ten_crop else 0  # crop 4 of ten_crop is the centre crop
         correct = {(k, v, top): 0 for k in cfg.layers for v in views for top in (1, k5)}
-        for images, labels, _ in track(self._batches(val_ds, list(torch.arange(n).split(bs))), "readout evaluation",
-                                       total=-(-n // bs)):
-            x = self.eval_view(images)
+        per_class = {k: torch.zeros(self.num_classes, dtype=torch.long) for k in cfg.layers}  # centre-crop hits
+        index_batches = list(torch.arange(n).split(bs))
+        if cached is not None:
+            source = ((None, val_ds.labels[idx], idx) for idx in index_batches)
+        else:
+            source = self._batches(val_ds, index_batches)
+        for images, labels, idx in track(source, "readout evaluation", total=len(index_batches)):
             y = labels.to(self.device)
-            crops = ten_crop(x, cfg.crop_size) if cfg.ten_crop else center_crop(x, cfg.crop_size)[:, None]  # (B, V, 3, S, S)
+            if cached is not None:
+                views_feats = [{k: cached[k][idx].to(self.device) for k in cfg.layers}]
+            else:
+                x = self.eval_view(images)
+                crops = ten_crop(x, cfg.crop_size) if cfg.ten_crop else center_crop(x, cfg.crop_size)[:, None]
+                views_feats = (self.pooled(augment.normalize(crops[:, j], self.spec)) for j in range(crops.shape[1]))
             probs = {(k, v): 0.0 for k in cfg.layers for v in views}  # softmax outputs (B, classes)
-            for j in range(crops.shape[1]):
-                feats = self.pooled(augment.normalize(crops[:, j], self.spec))
+            for j, feats in enumerate(views_feats):  # crops (B, V, 3, S, S), one view at a time
                 for k in cfg.layers:
                     p = F.softmax(self.heads[k](feats[k]), dim=1)
                     if j == centre:
@@ -365,34 +399,71 @@ class _Readout:
                 hit = p.topk(k5, dim=1).indices == y[:, None]  # (B, k5)
                 correct[(k, v, 1)] += hit[:, 0].sum().item()
                 correct[(k, v, k5)] += hit.any(1).sum().item()
-        out = {}
+                if v == "":
+                    per_class[k] += torch.bincount(y[hit[:, 0]].cpu(), minlength=self.num_classes)
+        counts = torch.bincount(val_ds.labels, minlength=self.num_classes).clamp(min=1)
+        out = {"layers": {}, "per_class": {}}
         for k in cfg.layers:
-            out[k] = {}
-            for v in views:
-                out[k][f"top1{v}"] = 100.0 * correct[(k, v, 1)] / n
-                out[k][f"top5{v}"] = 100.0 * correct[(k, v, k5)] / n
+            out["layers"][k] = {f"{m}{v}": 100.0 * correct[(k, v, top)] / n
+                                for v in views for m, top in (("top1", 1), ("top5", k5))}
+            out["per_class"][k] = (100.0 * per_class[k] / counts).tolist()
         return out
+
+
+def train_linear_readouts(model: EmbeddingNet, train_ds: Dataset, val_ds: Dataset, num_classes: int,
+                          cfg: LinearReadoutConfig, augment_spec: AugmentSpec, seeds: list[int],
+                          logger_for=None) -> dict:
+    """Train the per-layer linear classifiers on `train_ds` once per seed and score them on `val_ds`.
+
+    `model` is moved to cfg.device and frozen in place (eval mode, requires_grad False); its
+    weights and batch-norm statistics are never changed. `augment_spec` gives the input
+    mean/std. The backbone's work is shared by the seeds: with `cache_features` the pooled
+    features of the training set (and, without 10 crops, of the validation set) are computed
+    once, and the standardisation statistics always are. Deterministic for a seed on the CPU.
+    `logger_for(seed)` gives the logger whose `log_epoch(epoch, {"loss_<layer>", "lr"})` is
+    called after every epoch of that seed's run (None: no logging).
+
+    Returns {"runs": [{"seed", "layers": {layer: {"top1", "top5"[, "top1_10crop",
+    "top5_10crop"]}}, "per_class": {layer: [top-1 per class]}, "history": [...]}, ...],
+    "feature_dims": {layer: D}, "knn_features": {"train": {space: (N, D)}, "val": ...} or None}
+    (percent; top-5 is top-min(5, num_classes)). The kNN features (`knn_features`) come from
+    the cached centre-crop forwards when both splits are cached (no 10 crops): a caller whose
+    kNN geometry is the readout's then needs no other pass over the images.
+    """
+    run = _Readout(model, num_classes, cfg, augment_spec)
+    both = cfg.cache_features and not cfg.ten_crop
+    extras: dict[str, dict] = {"train": {}, "val": {}} if both else {}
+    cached = run.cache(train_ds, extras.get("train")) if cfg.cache_features else None  # one pass serves every seed
+    val_cached = run.cache(val_ds, extras.get("val")) if both else None
+    if cfg.standardize:
+        run.standardize(train_ds, cached)
+    runs = []
+    for seed in seeds:
+        run.reset_heads(seed)
+        history = run.train(train_ds, logger_for(seed) if logger_for else None, cached, seed)
+        runs.append({"seed": seed, **run.evaluate(val_ds, val_cached), "history": history})
+    return {"runs": runs, "feature_dims": {k: h.dim for k, h in run.heads.items()}, "knn_features": extras or None}
+
+
+@torch.no_grad()
+def knn_features(model, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The kNN spaces of transfer.knn_eval from readout maps of one forward: "embedding" =
+    normalize(head(avgpool(conv5))) and "conv5" = normalize(avgpool(conv5)) for a network (when
+    conv5 was read out); "pixels" = the centred, L2-normalised input for the pixel baseline."""
+    if PIXELS in maps:
+        v = maps[PIXELS].flatten(1)
+        return {PIXELS: F.normalize(v - v.mean(1, keepdim=True), dim=1)}
+    if "conv5" not in maps or not hasattr(model, "head"):
+        return {}
+    gap = maps["conv5"].mean(dim=(2, 3))  # (B, C)
+    return {"embedding": F.normalize(model.head(gap), dim=1), "conv5": F.normalize(gap, dim=1)}
 
 
 def train_linear_readout(model: EmbeddingNet, train_ds: Dataset, val_ds: Dataset, num_classes: int,
                          cfg: LinearReadoutConfig, augment_spec: AugmentSpec, logger: EpochLogger | None = None) -> dict:
-    """Train the per-layer linear classifiers on `train_ds` and score them on `val_ds`.
-
-    `model` is moved to cfg.device and frozen in place (eval mode, requires_grad False); its
-    weights and batch-norm statistics are never changed. `augment_spec` gives the input
-    mean/std. Deterministic for a fixed cfg.seed on the CPU. `logger.log_epoch(epoch,
-    {"loss_<layer>": mean training loss, "lr": lr})` is called after every epoch.
-
-    Returns {"layers": {layer: {"top1", "top5"[, "top1_10crop", "top5_10crop"]}} (percent;
-    top-5 is top-min(5, num_classes)), "feature_dims": {layer: D}, "history": [{"epoch", ...}]}.
-    """
-    run = _Readout(model, num_classes, cfg, augment_spec)
-    cached = run.cache(train_ds) if cfg.cache_features else None  # one backbone pass serves both
-    if cfg.standardize:
-        run.standardize(train_ds, cached)
-    history = run.train(train_ds, logger, cached)
-    return {
-        "layers": run.evaluate(val_ds),
-        "feature_dims": {k: h.dim for k, h in run.heads.items()},
-        "history": history,
-    }
+    """One seed (cfg.seed) of `train_linear_readouts`: {"layers", "per_class", "feature_dims", "history"}."""
+    result = train_linear_readouts(model, train_ds, val_ds, num_classes, cfg, augment_spec, [cfg.seed],
+                                   (lambda seed: logger) if logger is not None else None)
+    run = result["runs"][0]
+    return {"layers": run["layers"], "per_class": run["per_class"], "feature_dims": result["feature_dims"],
+            "history": run["history"]}

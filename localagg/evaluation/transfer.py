@@ -77,19 +77,46 @@ def _embed(model: EmbeddingNet, ds: Dataset, spec: AugmentSpec, device: torch.de
 
 def knn_eval(model: EmbeddingNet, train_ds: Dataset, val_ds: Dataset, num_classes: int, k: int = 200,
              temperature: float = 0.07, *, augment_spec: AugmentSpec, batch_size: int = 256, device: str = "auto",
-             num_workers: int = 0) -> dict[str, float]:
+             num_workers: int = 0, return_features: bool = False) -> dict:
     """kNN top-1 (%) of `val_ds` against `train_ds`: {"embedding": ..., "conv5": ...}.
 
     File datasets are opened as for pretraining's monitor (`open_split(dir, split,
     crop_size=augment_spec.crop_size)`: resize, centre crop). `model` is moved to the device
-    and put in eval mode; its weights are not changed.
+    and put in eval mode; its weights are not changed. With `return_features`, also
+    "features": {"train": (N, D), "val": (M, D)} embeddings (for retrieval and maps).
     """
     dev = pick_device(device)
     model = model.to(dev).eval()
     train_emb, train_c5 = _embed(model, train_ds, augment_spec, dev, batch_size, num_workers, "train")
     val_emb, val_c5 = _embed(model, val_ds, augment_spec, dev, batch_size, num_workers, "val")
     train_labels = train_ds.labels.to(dev)
-    return {
+    out = {
         "embedding": knn_top1(val_emb, val_ds.labels, train_emb, train_labels, num_classes, k, temperature),
         "conv5": knn_top1(val_c5, val_ds.labels, train_c5, train_labels, num_classes, k, temperature),
     }
+    if return_features:
+        out["features"] = {"train": train_emb.cpu(), "val": val_emb.cpu()}
+    return out
+
+
+@torch.no_grad()
+def pixel_features(ds: Dataset, spec: AugmentSpec, batch_size: int = 256, num_workers: int = 0) -> torch.Tensor:
+    """The raw-pixel baseline's vectors (N, 3 S S): each image at the evaluation geometry
+    (resized to the crop size, normalised with the pretraining mean/std), flattened, its own
+    mean subtracted, L2-normalised."""
+    out = []
+    batches = iter_batches(ds, list(torch.arange(len(ds)).split(batch_size)), num_workers)
+    for images, _, _ in track(batches, "pixel features", total=-(-len(ds) // batch_size)):
+        v = augment.evaluate_transform(images, spec).flatten(1)
+        out.append(F.normalize(v - v.mean(1, keepdim=True), dim=1))
+    return torch.cat(out)
+
+
+def pixel_knn(train_ds: Dataset, val_ds: Dataset, num_classes: int, k: int = 200, temperature: float = 0.07, *,
+              augment_spec: AugmentSpec, num_workers: int = 0, return_features: bool = False) -> dict:
+    """kNN top-1 (%) of the raw pixels (`pixel_features`): {"pixels": ...} (and "features" on request)."""
+    train, val = (pixel_features(ds, augment_spec, num_workers=num_workers) for ds in (train_ds, val_ds))
+    out = {"pixels": knn_top1(val, val_ds.labels, train, train_ds.labels, num_classes, k, temperature)}
+    if return_features:
+        out["features"] = {"train": train, "val": val}
+    return out

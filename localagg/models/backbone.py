@@ -30,6 +30,7 @@ ARCHS = {
 }
 STEMS = ("imagenet", "small")
 READOUT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+PIXELS = "pixels"  # the normalised input itself: the raw-pixel baseline, read out like a layer
 
 
 class EmbeddingNet(nn.Module):
@@ -68,9 +69,11 @@ class EmbeddingNet(nn.Module):
     def features(self, x: torch.Tensor, layers=READOUT_LAYERS, conv1_after_maxpool: bool = False) -> dict[str, torch.Tensor]:
         """Readout maps {name: (B, C, H, W)} for the requested layers, in one forward; conv1 is
         the stem's ReLU output, or its max-pooled output with `conv1_after_maxpool` (the
-        authors' TF readout point)."""
+        authors' TF readout point); "pixels" is the input itself (no forward at all)."""
         t = self.trunk
-        out = {}
+        out = {"pixels": x} if PIXELS in layers else {}
+        if all(n in out for n in layers):
+            return {n: out[n] for n in layers}
         x = t.relu(t.bn1(t.conv1(x)))
         out["conv1"] = x
         x = t.maxpool(x)
@@ -96,3 +99,13 @@ def check_meta(found: dict, expected: dict, source: str) -> None:
             f"{source} was trained with another model ({'; '.join(diffs)}). "
             "Use the same `model` params as the run that wrote it, or rerun that stage."
         )
+
+
+class RawPixels(nn.Module):
+    """The raw-pixel baseline as a readout backbone: `features` returns the normalised input as
+    the one layer "pixels"; there is no network and nothing to train."""
+
+    def features(self, x: torch.Tensor, layers=(PIXELS,), conv1_after_maxpool: bool = False) -> dict[str, torch.Tensor]:
+        if set(layers) != {PIXELS}:
+            raise UserError(f"the raw-pixel baseline has only the layer {PIXELS!r}, not {sorted(set(layers) - {PIXELS})}.")
+        return {PIXELS: x}

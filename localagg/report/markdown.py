@@ -11,7 +11,7 @@ import re
 
 from .comparability import set_name
 from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, paper_value
-from .results import KNN_LAYERS, LAYERS, MODELS, ROLES, Cell, Record, RunMetrics, Stat
+from .results import KNN_LAYERS, LAYERS, MODELS, PIXELS, ROLES, Cell, Record, RunMetrics, Stat, best_layer
 
 ROLE_NOUN = {"object": "object set", "transfer": "transfer set", "detection": "detection set"}
 
@@ -33,10 +33,10 @@ files it came from (`{a,b}` in a name stands for each of a and b; the last secti
 file); `results.csv` holds the same numbers (means over seeds)."""
 
 
-def fmt(stat: Stat | None, with_n: bool = False) -> str:
-    """'80.80', '80.80 ± 0.42' or, with_n, '80.80 ± 0.42 (n=2)'; 'n/a' for a missing number."""
+def fmt(stat: Stat | None, with_n: bool = False, missing: str = "n/a") -> str:
+    """'80.80', '80.80 ± 0.42' or, with_n, '80.80 ± 0.42 (n=2)'; `missing` for a missing number."""
     if stat is None:
-        return "n/a"
+        return missing
     text = f"{stat.mean:.2f}" if stat.std is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
     return f"{text} (n={stat.n})" if with_n and stat.n > 1 else text
 
@@ -133,7 +133,8 @@ def headline(ix: dict[tuple, Cell]) -> str:
         for model in ("la", "ir"):
             paper = paper_value(model, role, task, layer, metric)
             cell = ix.get((model, task, role, layer, metric))
-            ours, diff = fmt(cell.stat if cell else None, with_n=True), ""
+            missing = "not measured (ten_crop: false)" if metric.endswith("10crop") else "n/a"
+            ours, diff = fmt(cell.stat if cell else None, with_n=True, missing=missing), ""
             if cell is not None:
                 sources += cell.sources
                 if paper is not None and cell.differences:
@@ -198,16 +199,49 @@ def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
 
 
 def knn(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics) -> str:
-    """kNN top-1 on the embedding and conv5, per dataset, models as columns."""
+    """kNN top-1 on the embedding and conv5, per dataset, models as columns, raw pixels first."""
     rows, sources = [], []
     for role in ROLES:
+        pixels = ix[(PIXELS, "knn", role, PIXELS, "top1")]
+        sources += pixels.sources
         for layer in KNN_LAYERS:
             cells = [ix[(model, "knn", role, layer, "top1")] for model in MODELS]
             sources += [p for c in cells for p in c.sources]
-            rows.append([f"`{idents[role][0]}`", layer] + [fmt(c.stat) for c in cells])
+            rows.append([f"`{idents[role][0]}`", layer, fmt(pixels.stat)] + [fmt(c.stat) for c in cells])
     ks = sorted({int(r.number("knn_k")) for recs in m.transfer.values() for r in recs})
-    header = ["dataset", "features", *_n_header(ix, "knn", "object", "embedding", "top1")]
-    return (f"## kNN top-1 (k = {', '.join(map(str, ks))})\n\n" + table(header, rows) + "\n\n" + source_line(sources))
+    header = ["dataset", "features", "raw pixels", *MODELS]
+    return (f"## kNN top-1 (k = {', '.join(map(str, ks))})\n\nWeights exp(similarity / temperature); the raw-pixel "
+            "column uses the centred, L2-normalised pixels (one number per dataset). kNN is deterministic: the "
+            "readout seeds do not move it.\n\n" + table(header, rows) + "\n\n" + source_line(sources))
+
+
+BASELINE_ORDER = (PIXELS, "random", "ir", "la", "supervised")
+BASELINE_NAMES = {PIXELS: "raw pixels", "random": "random network", "ir": "IR", "la": "LA", "supervised": "supervised"}
+
+
+def baselines(cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
+    """Where the learned features stand between nothing learned (raw pixels, the random network)
+    and labels used (the supervised reference), per dataset."""
+    rows, sources = [], []
+    for role in ROLES:
+        name = f"`{idents[role][0]}`"
+        knn_row, best_row, conv5_row = [name, "kNN top-1"], ["", "best linear layer (centre crop)"], \
+            ["", "conv5 linear (centre crop)"]
+        for model in BASELINE_ORDER:
+            knn_cell = ix[(model, "knn", role, PIXELS if model == PIXELS else "embedding", "top1")]
+            best = best_layer(cells, model, role)
+            conv5 = ix.get((model, "linear", role, "conv5", "top1"))
+            knn_row.append(fmt(knn_cell.stat))
+            best_row.append(f"{fmt(best.stat)} ({best.layer})" if best else "n/a")
+            conv5_row.append(fmt(conv5.stat) if conv5 else "—")
+            sources += knn_cell.sources + (best.sources if best else ())
+        rows += [knn_row, best_row, conv5_row]
+    n = max(c.stat.n for c in cells if c.task == "linear")
+    header = ["dataset", "measure", *(BASELINE_NAMES[m] for m in BASELINE_ORDER)]
+    return ("## Where the learned features stand\n\nFrom nothing learned (raw pixels, the untrained network) to labels "
+            "used (the supervised reference). kNN uses the embedding (the pixels for the pixel baseline); the best "
+            f"layer is the one with the highest mean top-1 over the {n} readout seed(s) (mean ± sample std over "
+            "seeds).\n\n" + table(header, rows) + "\n\n" + source_line(sources))
 
 
 def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> str:
@@ -232,6 +266,18 @@ def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> s
             + "\n\n" + source_line(sources))
 
 
+CLUSTER_STATS = {  # record key -> (label, format): LA's clustering, averaged over the H k-means runs
+    "final_cluster_nmi": ("NMI with the true classes", lambda v: f"{v:.3f}"),
+    "final_cluster_purity": ("purity (share of each cluster's majority class)", lambda v: f"{100 * v:.1f}%"),
+    "final_cluster_num_nonempty_clusters": ("clusters with members", lambda v: f"{v:,.0f}"),
+    "final_cluster_singleton_fraction": ("clusters of one image", lambda v: f"{100 * v:.1f}%"),
+    "final_cluster_size_min": ("smallest cluster (images)", lambda v: f"{v:,.1f}"),
+    "final_cluster_size_median": ("median cluster (images)", lambda v: f"{v:,.1f}"),
+    "final_cluster_size_max": ("largest cluster (images)", lambda v: f"{v:,.1f}"),
+    "final_kmeans_seconds": ("time of the H k-means runs", lambda v: f"{v:.2f} s"),
+}
+
+
 def pretraining(m: RunMetrics) -> str:
     """Pretraining summary (epochs, kNN top-1 at start and end, final loss) and LA's cluster statistics."""
     rows = []
@@ -240,11 +286,11 @@ def pretraining(m: RunMetrics) -> str:
                      f"{r.number('final_knn_top1'):.2f}", f"{r.number('final_loss'):.4f}"])
     header = ["model", "stage", "epochs", "kNN top-1 at start", "kNN top-1 at end", "final loss"]
     la = m.pretrain["la"]
-    keys = sorted(k for k in la.data if k.startswith(("final_cluster_", "final_kmeans_")))
-    stats = [[k.removeprefix("final_").replace("_", " ").replace("nmi", "NMI with the labels"), f"{la.number(k):.4g}"]
-             for k in keys]
-    text = ("## Pretraining\n\nkNN top-1 is measured on the object set's held-out split with the embedding, "
-            "after each epoch (\"at start\": before the first).\n\n" + table(header, rows) + "\n\n"
+    stats = [[label, fmt_stat(la.number(key))] for key, (label, fmt_stat) in CLUSTER_STATS.items() if key in la.data]
+    text = ("## Pretraining\n\nkNN top-1 on the object set's held-out split after each epoch (\"at start\": before "
+            "the first), against the memory bank as InstDisc's monitor does (pooled conv5 of the training images for the "
+            "supervised reference). The bank lags the network while it trains, so these numbers run below the kNN "
+            "table's, which uses fresh features of the final network.\n\n" + table(header, rows) + "\n\n"
             + source_line(r.path for r in m.pretrain.values()))
     if stats:
         text += ("\n\nLA's clustering after the last epoch (averaged over the H k-means runs):\n\n"
@@ -282,29 +328,60 @@ def cost(m: RunMetrics) -> str:
               "takes seconds).")
 
 
+FIGURE_TEXT = {
+    "readout": ("Linear readout top-1 per layer",
+                "Look for where each model's curve peaks and how far it stands above the raw pixels (dotted) "
+                "and the random network (grey)."),
+    "pretraining": ("Pretraining curves",
+                    "Look for IR's first epochs, where kNN drops below the untrained network (epoch 0) before it "
+                    "climbs, and for LA continuing from IR's last epoch; each loss has its own axis."),
+    "per_class": ("Readout top-1 per class",
+                  "Look for the classes the self-supervised features confuse that labels separate (the supervised row)."),
+    "retrieval": ("Nearest neighbours of fixed queries",
+                  "Look for rows whose neighbours keep the query's class (green) under LA and lose it under raw "
+                  "pixels and the random network."),
+    "maps": ("t-SNE maps of the embeddings",
+             "Look for classes that form their own islands under LA and IR and mix under raw pixels and the random "
+             "network."),
+    "clusters": ("LA's clusters",
+                 "Look for what a pure cluster gathers (one class across positions and sizes) and what an impure "
+                 "one confuses."),
+    "detection": ("Detection AP per model", "Look for the gap between the pretrained backbones and the random one."),
+    "detections": ("Detections on test images",
+                   "Look for boxes that find the dashed objects, and for the class names on them."),
+}
+
+
 def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell]) -> str:
-    """Links to the figures (paths relative to results.md), each with its sources."""
+    """The figures (paths relative to results.md), each with what to look for and its sources."""
     transfer = [p for c in ix.values() if c.task == "linear" and c.metric.startswith("top1") for p in c.sources]
     detect = [p for c in ix.values() if c.task == "detection" for p in c.sources]
-    return "\n\n".join([
-        "## Figures",
-        f"![Linear readout top-1 per layer]({figs['readout']})\n\n" + source_line(transfer),
-        f"![Pretraining curves: IR then LA]({figs['pretraining']})\n\n" + source_line(m.curve_files),
-        f"![Detection AP per model]({figs['detection']})\n\n" + source_line(detect),
-    ])
+    sources = {
+        "readout": transfer, "per_class": transfer,
+        "pretraining": [r.path for r in m.pretrain.values()],
+        "retrieval": [r.path for (model, role), recs in m.transfer.items() if role == "object" for r in recs[:1]],
+        "clusters": [m.pretrain["la"].path], "detection": detect,
+        "detections": [m.detection["la"][0].path],
+    }
+    sources["maps"] = sources["retrieval"]
+    parts = ["## Figures"]
+    for name, (title, look) in FIGURE_TEXT.items():
+        if name in figs:
+            parts.append(f"### {title}\n\n![{title}]({figs[name]})\n\n{look} " + source_line(sources[name]))
+    return "\n\n".join(parts)
 
 
 def sources(m: RunMetrics) -> str:
-    lines = [f"- `{r.path}` (stage `{r.stage}`)" for r in m.records()] + [f"- `{p}`" for p in m.curve_files]
+    lines = [f"- `{r.path}` (stage `{r.stage}`)" for r in m.records()]
     return "## Sources\n\nEvery number above comes from these files:\n\n" + "\n".join(lines)
 
 
 def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str]) -> str:
     """The whole results.md. `figs` maps readout, pretraining, detection to paths relative to it."""
     ix = {c.key: c for c in cells}
-    idents = {c.role: (c.dataset, c.arch) for c in cells}
+    idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
     parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), HOW_TO_READ,
-             headline(ix), why_not(ix), readout(ix, idents), knn(ix, idents, m),
+             headline(ix), baselines(cells, ix, idents), why_not(ix), readout(ix, idents), knn(ix, idents, m),
              detection(ix, idents["detection"], m), pretraining(m), deviations(), cost(m), figures(figs, m, ix),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -21,6 +21,8 @@ from . import comparability
 from .paper import paper_value
 
 MODELS = ("la", "ir", "random", "supervised")
+PIXELS = "pixels"                 # the raw-pixel baseline: one readout "layer" and its own kNN
+TRANSFER_MODELS = (*MODELS, PIXELS)
 ROLES = ("object", "transfer")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LINEAR_METRICS = ("top1", "top5", "top1_10crop", "top5_10crop")
@@ -73,17 +75,16 @@ class RunMetrics:
 
     prepare: Record
     pretrain: dict[str, Record]                    # ir, la, supervised -> pretraining summary
-    transfer: dict[tuple[str, str], list[Record]]  # (model, role) -> one record per seed
+    transfer: dict[tuple[str, str], list[Record]]  # (model or pixels, role) -> one record per readout seed
     detection: dict[str, list[Record]]             # model -> one record per seed
-    curves: dict[str, dict[str, list[tuple[float, float]]]]  # ir, la -> metric -> [(epoch, value)]
-    curve_files: list[str]
+    curves: dict[str, dict[str, list[tuple[float, float]]]]  # ir, la, supervised -> loss/knn_top1 -> [(epoch, value)]
 
     def records(self) -> list[Record]:
         """Every metrics file, in pipeline order."""
         out = [self.prepare, *self.pretrain.values()]
         for role in ROLES:
-            for model in MODELS:
-                out += self.transfer[(model, role)]
+            for model in TRANSFER_MODELS:
+                out += self.transfer[(model, role)][:1]  # the seeds of a cell share its record file
         for model in MODELS:
             out += self.detection[model]
         return out
@@ -166,25 +167,26 @@ def _cell(model, task, role, ident, layer, metric, records: list[Record], keys, 
 def aggregate(m: RunMetrics) -> list[Cell]:
     """Every evaluation number of the run, averaged over seeds, in the order of results.csv.
 
-    Reads the transfer records (linear.<layer>.<metric>, knn.<layer>) and the detection
-    records (AP50, AP, AP75). 10-crop numbers are left out when no seed has them.
+    Reads the transfer records (linear.<layer>.<metric>, knn.<layer>; the pixel baseline's
+    layer and kNN are both "pixels") and the detection records (AP50, AP, AP75). 10-crop
+    numbers are left out when no seed has them.
     """
     cells = []
     idents = {role: identity([r for model in MODELS for r in m.transfer[(model, role)]]) for role in ROLES}
     for role in ROLES:
-        for model in MODELS:
+        for model in TRANSFER_MODELS:
             recs = m.transfer[(model, role)]
             diffs = differences(model, "linear", role, recs)
-            for layer in LAYERS:
+            for layer in ((PIXELS,) if model == PIXELS else LAYERS):
                 for metric in LINEAR_METRICS:
                     if metric in TEN_CROP and all(r.get("linear", layer, metric, optional=True) is None for r in recs):
                         continue
                     cells.append(_cell(model, "linear", role, idents[role], layer, metric, recs,
                                        ("linear", layer, metric), diffs))
     for role in ROLES:
-        for model in MODELS:
-            for layer in KNN_LAYERS:
-                cells.append(_cell(model, "knn", role, idents[role], layer, "top1", m.transfer[(model, role)],
+        for model in TRANSFER_MODELS:
+            for layer in ((PIXELS,) if model == PIXELS else KNN_LAYERS):  # deterministic: one value, not per seed
+                cells.append(_cell(model, "knn", role, idents[role], layer, "top1", m.transfer[(model, role)][:1],
                                    ("knn", layer)))
     ident = identity([r for model in MODELS for r in m.detection[model]])
     for model in MODELS:
@@ -193,6 +195,13 @@ def aggregate(m: RunMetrics) -> list[Cell]:
             cells.append(_cell(model, "detection", "detection", ident, "", metric, m.detection[model], (metric,),
                                diffs))
     return cells
+
+
+def best_layer(cells: list[Cell], model: str, role: str) -> Cell | None:
+    """The linear centre-crop top-1 cell of `model` on `role` with the highest mean (layer chosen
+    on the reported split, as the paper's tables do)."""
+    found = [c for c in cells if (c.model, c.task, c.role, c.metric) == (model, "linear", role, "top1")]
+    return max(found, key=lambda c: c.stat.mean) if found else None
 
 
 def number_text(value: float | None) -> str:

@@ -53,6 +53,7 @@ class TrainingConfig(StepSchedule, _Config):
     temperature: float = Field(0.07, gt=0)
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.07, gt=0)
+    knn_every_epochs: int = Field(1, ge=1, description="the kNN monitor runs after every this many epochs and the last")
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = at epoch ends only)")
     num_processes: int = Field(1, ge=1, description="processes on this machine (torchrun --nproc_per_node)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -63,6 +64,14 @@ class TrainingConfig(StepSchedule, _Config):
     sync_bn: bool = Field(False, description="batch-norm statistics over the global batch of all processes "
                                              "(the authors' one GPU saw all 128 images); no change with one process")
     threads: int = Field(0, ge=0, description="torch CPU threads per process (0 = torch's default)")
+    log_every_steps: int = Field(0, ge=0, description="a progress line every this many steps inside an epoch "
+                                                      "(0: ten per epoch when an epoch has 200 steps or more)")
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _on_off(cls, value):
+        """YAML 1.1 (PyYAML) reads an unquoted on/off as a boolean; DVC writes them unquoted (`-S`)."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check(self):

@@ -47,7 +47,7 @@ from ..memory_bank import MemoryBank
 from ..models.backbone import EmbeddingNet, build_model, check_meta
 from ..models.batchnorm import set_bn_groups, set_sync_bn
 from ..objectives import InstanceRecognitionLoss, local_aggregation_loss
-from ..progress import track
+from ..progress import Clock, duration, track
 from . import checkpoint as ckpt
 from .config import IRConfig, LAConfig, ModelConfig, SupervisedConfig, TrainingConfig
 from .distributed import DistInfo, all_gather_cat, barrier, broadcast, init_distributed
@@ -234,7 +234,7 @@ class Pretrainer:
     def protocol(self) -> dict:
         """What this stage trained, for the report's comparability check (no timing, no paths)."""
         cfg = self.cfg.model_dump(mode="json", exclude={"num_processes", "num_workers", "threads", "device",
-                                                         "checkpoint_every_steps"})
+                                                         "checkpoint_every_steps", "log_every_steps", "knn_every_epochs"})
         return {"objective": self.kind, **self.model.meta(), "augment": self.aug.model_dump(mode="json"),
                 "dataset": self.train_info.name, "train_images": self.num_items,
                 "val_images": len(self.val) if self.val is not None else None,
@@ -246,7 +246,8 @@ class Pretrainer:
         """Everything a checkpoint must share with this run to be resumed."""
         return {
             "objective": self.kind,
-            "config": self.cfg.model_dump(mode="json", exclude={"num_processes", "num_workers", "threads"}),
+            "config": self.cfg.model_dump(mode="json", exclude={"num_processes", "num_workers", "threads",
+                                                                "checkpoint_every_steps", "log_every_steps", "knn_every_epochs"}),
             "model": self.model.meta(),
             "augment": self.aug.model_dump(mode="json"),
             "dataset": {"name": self.train_info.name, "num_items": self.num_items},
@@ -407,6 +408,13 @@ class Pretrainer:
         self._replay_history()
         steps_done_now = 0
         self.model.train()
+        steps_per_epoch = self.num_items // cfg.batch_size
+        clock = Clock(done=s.epoch * steps_per_epoch + s.step, total=cfg.epochs * steps_per_epoch)
+        every = cfg.log_every_steps or (steps_per_epoch // 10 if steps_per_epoch >= 200 else 0)
+        if dist.is_main:
+            log.info("%s: %s training images, %d epochs of %d steps (batch %d over %d process(es))%s", self.kind,
+                     f"{self.num_items:,}", cfg.epochs, steps_per_epoch, cfg.batch_size, dist.world_size,
+                     f"; resuming at epoch {s.epoch + 1}, step {s.step}" if resumed else "")
         while s.epoch < cfg.epochs:
             epoch = s.epoch
             for group in self.optimizer.param_groups:
@@ -422,7 +430,9 @@ class Pretrainer:
                 source = iter(DataLoader(self.train, batch_sampler=_BatchSampler(batches, s.step),
                                          num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
                                          worker_init_fn=functools.partial(_init_worker, cfg.seed, epoch, dist.rank, s.step)))
-            for images, labels, idx in track(source, f"{self.kind} epoch {epoch + 1}/{cfg.epochs}", total=batches.steps - s.step):
+            bar = track(source, f"{self.kind} epoch {epoch + 1}/{cfg.epochs}", total=batches.steps - s.step,
+                        enabled=dist.is_main)
+            for images, labels, idx in bar:
                 g = augment.step_generator(cfg.seed, epoch, s.step, 1)
                 H, W = images.shape[-2:]
                 d = augment.draw(self.aug, cfg.batch_size, H, W, g, crop=arrays)
@@ -448,6 +458,14 @@ class Pretrainer:
                 s.step += 1
                 s.global_step += 1
                 steps_done_now += 1
+                if dist.is_main and (every and s.step % every == 0 or not bar.disable and s.step % 20 == 0):
+                    line = (f"loss {loss_sum.item() / seen:.4f}, lr {cfg.lr_at(epoch):g}, "
+                            f"{seen * cfg.batch_size / max(time.perf_counter() - t0, 1e-9):,.0f} img/s")
+                    bar.set_postfix_str(line, refresh=False)
+                    if every and s.step % every == 0:
+                        log.info("%s epoch %d/%d, step %s/%s: %s, %s", self.kind, epoch + 1, cfg.epochs,
+                                 f"{s.step:,}", f"{batches.steps:,}", line,
+                                 clock.text(epoch * steps_per_epoch + s.step))
                 if cfg.checkpoint_every_steps and s.global_step % cfg.checkpoint_every_steps == 0 and s.step < batches.steps:
                     s.loss_sum += loss_sum.item()
                     loss_sum.zero_()
@@ -460,7 +478,8 @@ class Pretrainer:
             loss_mean = all_gather_cat(local_mean).mean().item()
             metrics = {"loss": loss_mean, "lr": cfg.lr_at(epoch),
                        "img_per_s": seen * cfg.batch_size / max(seconds, 1e-9), **s.epoch_stats}
-            knn = self.knn_monitor() if dist.is_main else None
+            monitor = (epoch + 1) % cfg.knn_every_epochs == 0 or epoch + 1 == cfg.epochs
+            knn = self.knn_monitor() if dist.is_main and monitor else None
             if knn is not None:
                 metrics["knn_top1"] = knn
             # this epoch's SGD steps (since the resume, if it resumed mid-epoch) + clustering + kNN monitor
@@ -468,6 +487,11 @@ class Pretrainer:
             s.epoch, s.step = epoch + 1, 0
             s.history.append({"epoch": s.epoch, **metrics})
             self._save()
+            if dist.is_main:
+                knn_text = f", kNN {metrics['knn_top1']:.2f}%" if "knn_top1" in metrics else ""
+                log.info("%s epoch %d/%d: loss %.4f, lr %g, %s img/s%s, epoch %s, %s", self.kind, s.epoch, cfg.epochs,
+                         metrics["loss"], metrics["lr"], f"{metrics['img_per_s']:,.0f}", knn_text,
+                         duration(metrics["epoch_seconds"]), clock.text(s.epoch * steps_per_epoch))
             if self.logger is not None and dist.is_main:
                 self.logger.log_epoch(s.epoch, metrics)
             barrier()

@@ -1,0 +1,72 @@
+"""What a reader of this paper looks at besides accuracies, computed where the features are.
+
+    retrieval        fixed query images of the validation split and their top-k neighbours
+                     among the training images, by cosine similarity of the embeddings
+    embedding_map    a 2-D t-SNE map (scikit-learn) of the validation embeddings
+    cluster_gallery  a few of LA's clusters of the memory bank: members, size, purity
+
+Each returns indices into the prepared splits (and coordinates), small enough for a stage's
+record; the report draws them (localagg.report.figures).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def query_indices(labels: torch.Tensor, count: int) -> list[int]:
+    """The first validation image of each class, in class order, then the second of each, ...
+    until `count`: the same queries for every model."""
+    labels = labels.cpu().numpy()
+    by_class = [np.flatnonzero(labels == c).tolist() for c in np.unique(labels)]
+    out: list[int] = []
+    rank = 0
+    while len(out) < count and any(rank < len(ids) for ids in by_class):
+        out += [ids[rank] for ids in by_class if rank < len(ids)][: count - len(out)]
+        rank += 1
+    return out
+
+
+@torch.no_grad()
+def retrieval(train: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor, queries: int = 8,
+              k: int = 8) -> dict:
+    """{"queries": [val index], "neighbours": [[train index] * k]}: the k most similar training
+    images (cosine similarity of `train` (N, D) and `val` (M, D) features) of each query."""
+    chosen = query_indices(val_labels, queries)
+    sims = F.normalize(val[chosen].float(), dim=1) @ F.normalize(train.float(), dim=1).T  # (Q, N)
+    return {"queries": chosen, "neighbours": sims.topk(min(k, train.shape[0]), dim=1).indices.tolist()}
+
+
+def embedding_map(features: torch.Tensor, max_points: int = 600, seed: int = 0) -> dict:
+    """{"indices": [val index], "xy": [[x, y]]}: t-SNE (scikit-learn, PCA init, perplexity 30) of
+    at most `max_points` evenly spaced validation embeddings, coordinates rounded to 1e-3."""
+    from sklearn.manifold import TSNE
+
+    n = features.shape[0]
+    m = min(n, max_points)
+    indices = [i * n // m for i in range(m)]
+    x = F.normalize(features[indices].float(), dim=1).numpy().astype(np.float64)
+    xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, (m - 1) / 3), learning_rate="auto",
+              random_state=seed).fit_transform(x)
+    return {"indices": indices, "xy": np.round(xy, 3).tolist()}
+
+
+def cluster_gallery(cluster_labels: np.ndarray, true_labels: np.ndarray, clusters: int = 6, members: int = 8,
+                    min_size: int = 8) -> list[dict]:
+    """Half the `clusters` purest and half the least pure clusters of one clustering (with at
+    least `min_size` images), each {"cluster", "size", "purity" (%), "majority" (class),
+    "members": the first `members` image indices}."""
+    found = []
+    for c in np.unique(cluster_labels):
+        ids = np.flatnonzero(cluster_labels == c)
+        if len(ids) < min_size:
+            continue
+        counts = np.bincount(true_labels[ids])
+        found.append({"cluster": int(c), "size": int(len(ids)), "purity": float(100.0 * counts.max() / len(ids)),
+                      "majority": int(counts.argmax()), "members": ids[:members].tolist()})
+    found.sort(key=lambda d: (-d["purity"], d["cluster"]))
+    top = clusters - clusters // 2
+    picked = found[:top] + [d for d in found[-(clusters // 2):] if d not in found[:top]] if clusters // 2 else found[:top]
+    return picked
