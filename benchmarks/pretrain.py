@@ -64,7 +64,7 @@ def _bare_img_per_s(model_cfg: ModelConfig, batch: int, size: int, steps: int, d
     return steps * batch / (time.perf_counter() - t0)
 
 
-def bench_pretrain_throughput(arch: str = "resnet18", stem: str = "imagenet", size: int = 28, batch: int = 128,
+def bench_pretrain_throughput(arch: str = "resnet18", stem: str = "imagenet", size: int = 40, batch: int = 64,
                               steps: int = 30, device: str = "auto", k: int = 1024, num_items: int | None = None) -> dict:
     """img/s of one LA epoch of `steps` steps vs the bare loop; the embedded default's shapes by default."""
     model_cfg = ModelConfig(arch=arch, stem=stem)
