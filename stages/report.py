@@ -1,18 +1,21 @@
 """Stage `report`: every stage's metrics gathered into tables and figures next to the paper's
 numbers; with `compare`, one table across DVC experiments and commits.
 
-`run` reads (relative to the repository root; seeds from `transfer.seeds` and
-`detection.seeds` in the params file, [0] when absent):
+`run` reads the records (the full numbers beside each headline metrics file; relative to the
+repository root; seeds from `transfer.seeds` and `detection.seeds` in the params file, [0] when
+absent):
 
-    metrics/prepare.json                                 dataset names and sizes
-    metrics/pretrain_ia.json, pretrain_la.json, supervised.json
-    metrics/transfer/<model>-<dataset>-seed<s>.json      model in la, ir, random, supervised;
-                                                         dataset in object, transfer
-    metrics/detection/<model>-seed<s>.json
-    dvclive/pretrain_{ia,la}/plots/metrics/{loss,knn_top1}.tsv
+    records/prepare.json                                   dataset names, sizes, class counts
+    records/pretrain_ia.json, pretrain_la.json, supervised.json
+                                                           curves, clustering, protocol, provenance
+    records/transfer/<model>-<dataset>.json                model in pixels, la, ir, random, supervised;
+                                                           dataset in object, transfer; a run per seed
+                                                           and the views (retrieval, map, per class)
+    records/detection/<model>-seed<s>.json
+    data/prepared/object, data/prepared/detection          the images the figures show
 
-and writes <out>/results.csv, <out>/results.md and <out>/figures/{readout,pretraining,detection}.png.
-`compare` reads `dvc exp show --json -A` (or a saved copy) and writes <out>/compare.{csv,md}.
+and writes <out>/results.csv, <out>/results.md and <out>/figures/<name>.png for each name of
+`FIGURES`. `compare` reads `dvc exp show --json -A` (or a saved copy) and writes <out>/compare.{csv,md}.
 """
 
 from __future__ import annotations

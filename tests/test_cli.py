@@ -197,3 +197,7 @@ def test_progress_is_one_log_line_per_epoch_in_a_pipe(tmp_path):
                r"elapsed \d+s, ETA \d+s$")
     assert [re.match(pattern, line).group(1) for line in lines] == ["1", "2"], lines
     assert "\r" not in proc.stdout  # no progress bar in a pipe
+    # dvclive's kNN curve starts at epoch 0 with the untrained network's kNN, then one row per epoch
+    rows = [r.split("\t") for r in (tmp_path / "dvclive/pretrain_ia/plots/metrics/knn_top1.tsv").read_text().splitlines()]
+    init = json.loads((tmp_path / "metrics/pretrain_ia.json").read_text())["knn_top1_init"]
+    assert rows[0] == ["step", "knn_top1"] and [r[0] for r in rows[1:]] == ["0", "1", "2"] and float(rows[1][1]) == init

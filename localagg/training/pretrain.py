@@ -516,7 +516,11 @@ class Pretrainer:
         )
 
     def _replay_history(self) -> None:
+        """Send the curves so far to the logger: the kNN before training at epoch 0 (the warm
+        start's, for LA), then every finished epoch (all of them again after a resume)."""
         if self.logger is not None and self.dist.is_main:
+            if self.state.extra.get("knn_top1_init") is not None:
+                self.logger.log_epoch(0, {"knn_top1": self.state.extra["knn_top1_init"]})
             for row in self.state.history:
                 self.logger.log_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
 
