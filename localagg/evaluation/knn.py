@@ -9,6 +9,7 @@ For a query q (L2-normalised) and a labelled bank {(v_j, y_j)}:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 @torch.no_grad()
@@ -32,3 +33,16 @@ def knn_top1(queries, query_labels, bank, bank_labels, num_classes, k=200, tempe
     """Top-1 accuracy (percent) of the weighted kNN classifier."""
     pred = knn_scores(queries, bank, bank_labels, num_classes, k, temperature).argmax(1)
     return 100.0 * (pred == query_labels.cpu()).double().mean().item()
+
+
+def network_spaces(model, pooled_conv5: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The two kNN spaces of a network from its pooled conv5 (B, C): "embedding" =
+    normalize(head(pooled)) (B, D), what pretraining trains, and "conv5" = normalize(pooled)."""
+    return {"embedding": F.normalize(model.head(pooled_conv5), dim=1), "conv5": F.normalize(pooled_conv5, dim=1)}
+
+
+def pixel_space(images: torch.Tensor) -> torch.Tensor:
+    """The raw-pixel baseline's kNN vectors: each normalised image (B, 3, S, S) flattened, its
+    own mean subtracted, L2-normalised (B, 3 S S)."""
+    v = images.flatten(1)
+    return F.normalize(v - v.mean(1, keepdim=True), dim=1)

@@ -66,6 +66,7 @@ from ..progress import Clock, track
 from ..training.config import StepSchedule
 from ..training.distributed import pick_device
 from .crops import center_crop, random_crop, resize_shorter, ten_crop
+from .knn import network_spaces, pixel_space
 
 ReadoutLayer = Literal[(*READOUT_LAYERS, PIXELS)]  # "conv1" .. "conv5", and "pixels" (the raw-pixel baseline)
 STD_EPS = 1e-5
@@ -447,16 +448,14 @@ def train_linear_readouts(model: EmbeddingNet, train_ds: Dataset, val_ds: Datase
 
 @torch.no_grad()
 def knn_features(model, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The kNN spaces of transfer.knn_eval from readout maps of one forward: "embedding" =
-    normalize(head(avgpool(conv5))) and "conv5" = normalize(avgpool(conv5)) for a network (when
-    conv5 was read out); "pixels" = the centred, L2-normalised input for the pixel baseline."""
+    """The kNN spaces of transfer.knn_eval from readout maps of one forward: `knn.network_spaces`
+    of the pooled conv5 for a network (when conv5 was read out), `knn.pixel_space` of the input
+    for the pixel baseline."""
     if PIXELS in maps:
-        v = maps[PIXELS].flatten(1)
-        return {PIXELS: F.normalize(v - v.mean(1, keepdim=True), dim=1)}
+        return {PIXELS: pixel_space(maps[PIXELS])}
     if "conv5" not in maps or not hasattr(model, "head"):
         return {}
-    gap = maps["conv5"].mean(dim=(2, 3))  # (B, C)
-    return {"embedding": F.normalize(model.head(gap), dim=1), "conv5": F.normalize(gap, dim=1)}
+    return network_spaces(model, maps["conv5"].mean(dim=(2, 3)))  # pooled conv5 (B, C)
 
 
 def train_linear_readout(model: EmbeddingNet, train_ds: Dataset, val_ds: Dataset, num_classes: int,

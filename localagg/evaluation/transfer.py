@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..data import augment
@@ -26,7 +25,7 @@ from ..progress import track
 from ..training import checkpoint as ckpt
 from ..training.config import ModelConfig
 from ..training.distributed import pick_device
-from .knn import knn_top1
+from .knn import knn_top1, network_spaces, pixel_space
 from .linear import LinearReadoutConfig, iter_batches
 
 
@@ -69,9 +68,9 @@ def _embed(model: EmbeddingNet, ds: Dataset, spec: AugmentSpec, device: torch.de
     batches = iter_batches(ds, list(torch.arange(n).split(batch_size)), num_workers, pin_memory=device.type == "cuda")
     for images, _, _ in track(batches, f"kNN features ({what})", total=-(-n // batch_size)):
         x = augment.evaluate_transform(images.to(device), spec)
-        p = model.pooled(x)  # (B, C)
-        emb.append(F.normalize(model.head(p), dim=1))
-        pooled.append(F.normalize(p, dim=1))
+        spaces = network_spaces(model, model.pooled(x))
+        emb.append(spaces["embedding"])
+        pooled.append(spaces["conv5"])
     return torch.cat(emb), torch.cat(pooled)
 
 
@@ -107,8 +106,7 @@ def pixel_features(ds: Dataset, spec: AugmentSpec, batch_size: int = 256, num_wo
     out = []
     batches = iter_batches(ds, list(torch.arange(len(ds)).split(batch_size)), num_workers)
     for images, _, _ in track(batches, "pixel features", total=-(-len(ds) // batch_size)):
-        v = augment.evaluate_transform(images, spec).flatten(1)
-        out.append(F.normalize(v - v.mean(1, keepdim=True), dim=1))
+        out.append(pixel_space(augment.evaluate_transform(images, spec)))
     return torch.cat(out)
 
 
