@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODELS = ("la", "ir", "random", "supervised")            # the networks every evaluation compares
-PIXELS = "pixels"                                        # the raw-pixel baseline of the readout and kNN
-TRANSFER_MODELS = (*MODELS, PIXELS)
+# MODELS: the networks every evaluation compares; PIXELS: the raw-pixel baseline of the readout
+# and kNN; TRANSFER_MODELS: both. Defined with the report that reads their records.
+from localagg.report.results import MODELS, PIXELS, TRANSFER_MODELS  # noqa: F401
+
 DATASETS = ("object", "transfer")                        # the readout datasets (ImageNet's, Places205's roles)
 STAGE_OF_MODEL = {"la": "pretrain_la", "ir": "pretrain_ia", "random": "random_init", "supervised": "supervised"}
 

@@ -131,10 +131,9 @@ def _curves(record: Record) -> dict[str, list[tuple[float, float]]]:
     if not isinstance(history, list) or not history:
         raise UserError(f"{record.path}: `history` should list the epochs: rerun `dvc repro {record.stage}`.")
     out = {c: [] for c in CURVES}
-    start = record.get("knn_top1_init", optional=True)
-    if start is not None:
+    if record.get("knn_top1_init", optional=True) is not None:
         out["knn_top1"].append((0.0, record.number("knn_top1_init")))
-    for i, row in enumerate(history):
+    for row in history:
         row_record = Record(record.path, row, record.stage)
         for c in CURVES:
             if c in row:
@@ -219,16 +218,21 @@ def run(params: Path, out: Path = Path("reports")) -> list[Path]:
 def figure_names(m: RunMetrics) -> list[str]:
     """The figures the records allow: LA's clusters and the detector's boxes need them recorded."""
     names = ["readout", "pretraining", "detection", "per_class", "retrieval", "maps"]
-    if (m.pretrain["la"].get("views", optional=True) or {}).get("clusters"):
+    if _views(m.pretrain["la"]).get("clusters"):
         names.append("clusters")
-    if (m.detection["la"][0].get("views", optional=True) or {}).get("detections"):
+    if _views(m.detection["la"][0]).get("detections"):
         names.append("detections")
     return names
 
 
+def _views(record: Record) -> dict:
+    """The pictures' data a stage recorded (`views`), {} when it recorded none."""
+    return record.get("views", optional=True) or {}
+
+
 def draw_figures(m: RunMetrics, cells, out: Path) -> list[str]:
     """Draw `figure_names(m)` under `out` (FIGURES paths), from the records and the prepared images."""
-    drawn = ["readout", "pretraining", "detection", "per_class", "retrieval", "maps"]
+    drawn = figure_names(m)
     obj = ObjectImages(OBJECT_DIR)
     readout_figure(cells, out / FIGURES["readout"])
     pretraining_figure(m.curves, out / FIGURES["pretraining"])
@@ -240,25 +244,23 @@ def draw_figures(m: RunMetrics, cells, out: Path) -> list[str]:
                 per_class[model].setdefault(layer, []).append(values)
     classes = m.transfer[("la", "object")][0].get("classes")
     per_class_figure(best_per_class(cells, per_class, "object"), classes, obj.name, out / FIGURES["per_class"])
-    views = {model: m.transfer[(model, "object")][0].get("views", optional=True) or {} for model in TRANSFER_MODELS}
+    views = {model: _views(m.transfer[(model, "object")][0]) for model in TRANSFER_MODELS}
     retrieval_figure({k: v["retrieval"] for k, v in views.items() if "retrieval" in v}, obj.image, obj.label,
                      out / FIGURES["retrieval"])
     maps_figure({k: v["map"] for k, v in views.items() if "map" in v}, lambda i: obj.label("val", i), classes,
                 out / FIGURES["maps"])
-    clusters = (m.pretrain["la"].get("views", optional=True) or {}).get("clusters") or []
-    if clusters:
-        clusters_figure(clusters, obj.image, classes, out / FIGURES["clusters"])
-        drawn.append("clusters")
-    detection = m.detection["la"][0]
-    examples = (detection.get("views", optional=True) or {}).get("detections") or []
-    if examples:
+    if "clusters" in drawn:
+        clusters_figure(_views(m.pretrain["la"])["clusters"], obj.image, classes, out / FIGURES["clusters"])
+    if "detections" in drawn:
         from localagg.data.voc import read_voc_manifest
+
+        detection = m.detection["la"][0]
+        examples = _views(detection)["detections"]
 
         manifest = read_voc_manifest(DETECTION_MANIFEST)
         year = manifest["splits"]["test"][0][0]
         detections_figure(examples, lambda e: _picture(Path(manifest["root"]) / year / "JPEGImages" / f"{e['image_id']}.jpg"),
                           detection.get("classes"), out / FIGURES["detections"])
-        drawn.append("detections")
     return drawn
 
 

@@ -68,5 +68,4 @@ def cluster_gallery(cluster_labels: np.ndarray, true_labels: np.ndarray, cluster
                       "majority": int(counts.argmax()), "members": ids[:members].tolist()})
     found.sort(key=lambda d: (-d["purity"], d["cluster"]))
     top = clusters - clusters // 2
-    picked = found[:top] + [d for d in found[-(clusters // 2):] if d not in found[:top]] if clusters // 2 else found[:top]
-    return picked
+    return found[:top] + found[max(top, len(found) - clusters // 2):]

@@ -24,11 +24,9 @@ import numpy as np
 
 from localagg.io import atomic_path
 
-from .results import LAYERS, MODELS, PIXELS, ROLES, Cell, best_layer
+from .results import BASELINE_ORDER, LAYERS, MODELS, NAMES, PIXELS, ROLES, Cell, best_layer
 
 COLORS = {"la": "tab:red", "ir": "tab:blue", "random": "tab:gray", "supervised": "tab:green", PIXELS: "black"}
-NAMES = {"la": "LA", "ir": "IR", "random": "random network", "supervised": "supervised", PIXELS: "raw pixels"}
-VIEW_MODELS = (PIXELS, "random", "ir", "la", "supervised")
 
 
 def _plt():
@@ -146,7 +144,7 @@ def per_class_figure(per_class: dict[str, tuple[str, list[float]]], classes: Seq
     """Top-1 per class (best layer of each model, mean over seeds) as a table-like heatmap.
     `per_class` maps a model to (its best layer, [top-1 per class])."""
     plt = _plt()
-    models = [m for m in VIEW_MODELS if m in per_class]
+    models = [m for m in BASELINE_ORDER if m in per_class]
     values = np.array([per_class[m][1] for m in models])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.8 + 0.45 * len(models)))
     ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
@@ -167,7 +165,7 @@ def retrieval_figure(retrieval: dict[str, dict], image: Callable[[str, int], np.
     `retrieval` maps a model to {"queries": [...], "neighbours": [[...]]}; `image(split, i)`
     and `label(split, i)` read the prepared object set."""
     plt = _plt()
-    models = [m for m in VIEW_MODELS if m in retrieval]
+    models = [m for m in BASELINE_ORDER if m in retrieval]
     k = len(next(iter(retrieval.values()))["neighbours"][0])
     rows = queries * len(models)
     fig, axes = plt.subplots(rows, k + 1, figsize=(0.62 * (k + 1) + 1.6, 0.66 * rows), squeeze=False)
@@ -191,7 +189,7 @@ def retrieval_figure(retrieval: dict[str, dict], image: Callable[[str, int], np.
 def maps_figure(maps: dict[str, dict], labels: Callable[[int], int], classes: Sequence[str], path: Path) -> Path:
     """t-SNE maps of the validation embeddings, one panel per model, points coloured by class."""
     plt = _plt()
-    models = [m for m in VIEW_MODELS if m in maps]
+    models = [m for m in BASELINE_ORDER if m in maps]
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.3), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, model in zip(axes[0], models):

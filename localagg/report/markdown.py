@@ -11,7 +11,8 @@ import re
 
 from .comparability import set_name
 from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, paper_value
-from .results import KNN_LAYERS, LAYERS, MODELS, PIXELS, ROLES, Cell, Record, RunMetrics, Stat, best_layer
+from .results import (BASELINE_ORDER, KNN_LAYERS, LAYERS, MODELS, NAMES, PIXELS, ROLES, Cell, Record, RunMetrics,
+                      Stat, best_layer)
 
 ROLE_NOUN = {"object": "object set", "transfer": "transfer set", "detection": "detection set"}
 
@@ -215,10 +216,6 @@ def knn(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics
             "readout seeds do not move it.\n\n" + table(header, rows) + "\n\n" + source_line(sources))
 
 
-BASELINE_ORDER = (PIXELS, "random", "ir", "la", "supervised")
-BASELINE_NAMES = {PIXELS: "raw pixels", "random": "random network", "ir": "IR", "la": "LA", "supervised": "supervised"}
-
-
 def baselines(cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
     """Where the learned features stand between nothing learned (raw pixels, the random network)
     and labels used (the supervised reference), per dataset."""
@@ -237,7 +234,7 @@ def baselines(cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[
             sources += knn_cell.sources + (best.sources if best else ())
         rows += [knn_row, best_row, conv5_row]
     n = max(c.stat.n for c in cells if c.task == "linear")
-    header = ["dataset", "measure", *(BASELINE_NAMES[m] for m in BASELINE_ORDER)]
+    header = ["dataset", "measure", *(NAMES[m] for m in BASELINE_ORDER)]
     return ("## Where the learned features stand\n\nFrom nothing learned (raw pixels, the untrained network) to labels "
             "used (the supervised reference). kNN uses the embedding (the pixels for the pixel baseline); the best "
             f"layer is the one with the highest mean top-1 over the {n} readout seed(s) (mean ± sample std over "

@@ -23,6 +23,9 @@ from .paper import paper_value
 MODELS = ("la", "ir", "random", "supervised")
 PIXELS = "pixels"                 # the raw-pixel baseline: one readout "layer" and its own kNN
 TRANSFER_MODELS = (*MODELS, PIXELS)
+# from nothing learned to labels used: the order of the baselines table and the pictures' rows
+BASELINE_ORDER = (PIXELS, "random", "ir", "la", "supervised")
+NAMES = {"la": "LA", "ir": "IR", "random": "random network", "supervised": "supervised", PIXELS: "raw pixels"}
 ROLES = ("object", "transfer")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LINEAR_METRICS = ("top1", "top5", "top1_10crop", "top5_10crop")

@@ -53,6 +53,10 @@ from .config import IRConfig, LAConfig, ModelConfig, SupervisedConfig, TrainingC
 from .distributed import DistInfo, all_gather_cat, barrier, broadcast, init_distributed
 
 LAST = "last.pt"
+# config keys that change how a run goes (processes, threads, logging, checkpoints, the kNN
+# monitor's rhythm), not what it trains: left out of the resume match and the protocol
+RUN_ONLY_KEYS = frozenset({"num_processes", "num_workers", "threads", "checkpoint_every_steps", "log_every_steps",
+                           "knn_every_epochs"})
 log = logging.getLogger(__name__)
 
 
@@ -233,8 +237,7 @@ class Pretrainer:
 
     def protocol(self) -> dict:
         """What this stage trained, for the report's comparability check (no timing, no paths)."""
-        cfg = self.cfg.model_dump(mode="json", exclude={"num_processes", "num_workers", "threads", "device",
-                                                         "checkpoint_every_steps", "log_every_steps", "knn_every_epochs"})
+        cfg = self.cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS | {"device"})
         return {"objective": self.kind, **self.model.meta(), "augment": self.aug.model_dump(mode="json"),
                 "dataset": self.train_info.name, "train_images": self.num_items,
                 "val_images": len(self.val) if self.val is not None else None,
@@ -246,8 +249,7 @@ class Pretrainer:
         """Everything a checkpoint must share with this run to be resumed."""
         return {
             "objective": self.kind,
-            "config": self.cfg.model_dump(mode="json", exclude={"num_processes", "num_workers", "threads",
-                                                                "checkpoint_every_steps", "log_every_steps", "knn_every_epochs"}),
+            "config": self.cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS),
             "model": self.model.meta(),
             "augment": self.aug.model_dump(mode="json"),
             "dataset": {"name": self.train_info.name, "num_items": self.num_items},
