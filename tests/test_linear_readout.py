@@ -211,7 +211,8 @@ def test_seeds_share_the_backbone_and_each_equals_its_own_run():
     for run in together["runs"]:
         alone = train_linear_readout(tiny_model(), train, val, 4, cfg.model_copy(update={"seed": run["seed"]}), SPEC)
         assert run["layers"] == alone["layers"] and run["per_class"] == alone["per_class"]
-    assert together["runs"][0]["layers"] != together["runs"][1]["layers"]
+    # the seeds are different runs (their accuracies on 8 images may tie; their training losses do not)
+    assert together["runs"][0]["history"] != together["runs"][1]["history"]
 
 
 def test_knn_features_of_the_readout_cache_are_knn_evals():
