@@ -100,8 +100,10 @@ def pretraining(scale: Scale, device: str, tmp: Path) -> dict:
     """IR then LA img/s from JPEGs through the loader, the in-memory floor, peak GPU memory."""
     from localagg.data.augment import AugmentSpec
     from localagg.data.real_classification import prepare_imagenet
-    from localagg.training.config import IRConfig, LAConfig, ModelConfig
-    from localagg.training.pretrain import Pretrainer
+    from localagg.models.config import ModelConfig
+    from localagg.training.loop import Trainer
+    from localagg.training.methods.instance_recognition import InstanceRecognition, IRConfig
+    from localagg.training.methods.local_aggregation import LAConfig, LocalAggregation
 
     from .pretrain import _bare_img_per_s
 
@@ -112,12 +114,13 @@ def pretraining(scale: Scale, device: str, tmp: Path) -> dict:
     common = dict(batch_size=scale.batch, device=device, num_workers=scale.workers, knn_k=5)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    ir = Pretrainer(IRConfig(epochs=1, num_negatives=min(4096, scale.images), **common), model, aug, tmp / "object",
-                    tmp / "ir")
+    ir = Trainer(InstanceRecognition(IRConfig(epochs=1, num_negatives=min(4096, scale.images), **common)), model, aug,
+                 tmp / "object", tmp / "ir")
     ir_result = ir.run()
     ir.export(tmp / "ir.pt")
-    la = Pretrainer(LAConfig(epochs=1, k=min(4096, scale.images), num_kmeans=10, num_clusters=max(2, scale.images // 40),
-                             **common), model, aug, tmp / "object", tmp / "la", init_from=tmp / "ir.pt")
+    la = Trainer(LocalAggregation(LAConfig(epochs=1, k=min(4096, scale.images), num_kmeans=10,
+                                           num_clusters=max(2, scale.images // 40), **common)),
+                 model, aug, tmp / "object", tmp / "la", init_from=tmp / "ir.pt")
     la_result = la.run()
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     floor = _bare_img_per_s(model, scale.batch, scale.size, max(3, scale.images // scale.batch),

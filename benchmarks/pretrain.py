@@ -21,8 +21,10 @@ import torch
 from localagg.data.augment import AugmentSpec
 from localagg.data.manifest import write_arrays_dataset
 from localagg.models import build_model
-from localagg.training.config import IRConfig, LAConfig, ModelConfig
-from localagg.training.pretrain import Pretrainer, param_groups
+from localagg.models.config import ModelConfig
+from localagg.training.loop import Trainer, param_groups
+from localagg.training.methods.instance_recognition import InstanceRecognition, IRConfig
+from localagg.training.methods.local_aggregation import LAConfig, LocalAggregation
 
 
 def _dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
@@ -73,11 +75,13 @@ def bench_pretrain_throughput(arch: str = "resnet18", stem: str = "imagenet", si
     with tempfile.TemporaryDirectory() as tmp:
         data = _dataset(Path(tmp), n, size)
         common = dict(batch_size=batch, device=device, knn_k=20)
-        ir = Pretrainer(IRConfig(epochs=1, num_negatives=0, **common), model_cfg, aug, data, Path(tmp) / "ir")
+        ir = Trainer(InstanceRecognition(IRConfig(epochs=1, num_negatives=0, **common)), model_cfg, aug, data,
+                     Path(tmp) / "ir")
         ir.run(stop_after_steps=1)
         ir.export(Path(tmp) / "ir.pt")
-        la = Pretrainer(LAConfig(epochs=1, k=min(k, n), num_kmeans=3, num_clusters=max(2, n // 50), **common),
-                        model_cfg, aug, data, Path(tmp) / "la", init_from=Path(tmp) / "ir.pt")
+        la = Trainer(LocalAggregation(LAConfig(epochs=1, k=min(k, n), num_kmeans=3, num_clusters=max(2, n // 50),
+                                               **common)), model_cfg, aug, data, Path(tmp) / "la",
+                     init_from=Path(tmp) / "ir.pt")
         result = la.run()
         loop = result.history[-1]["img_per_s"]
         bare = _bare_img_per_s(model_cfg, batch, size, steps, la.device, la.channels_last)

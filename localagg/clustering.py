@@ -23,7 +23,8 @@ Under DDP the trainer runs `run_kmeans` on one rank and broadcasts the labels; t
 has no distributed code.
 
 `cluster_statistics` summarises clusterings: cluster sizes, singletons and, when the true
-classes are known, NMI and purity.
+classes are known, NMI and purity; `cluster_gallery` picks a few clusters for the report to
+draw (members, size, purity).
 """
 
 from __future__ import annotations
@@ -166,3 +167,21 @@ def cluster_statistics(labels: np.ndarray, true_labels: np.ndarray | None = None
         result[key] = statistics.fmean(stats[key] for stats in per_clustering)
     result["per_clustering"] = per_clustering
     return result
+
+
+def cluster_gallery(cluster_labels: np.ndarray, true_labels: np.ndarray, clusters: int = 6, members: int = 8,
+                    min_size: int = 8) -> list[dict]:
+    """Half the `clusters` purest and half the least pure clusters of one clustering (with at
+    least `min_size` images), each {"cluster", "size", "purity" (%), "majority" (class),
+    "members": the first `members` image indices}."""
+    found = []
+    for c in np.unique(cluster_labels):
+        ids = np.flatnonzero(cluster_labels == c)
+        if len(ids) < min_size:
+            continue
+        counts = np.bincount(true_labels[ids])
+        found.append({"cluster": int(c), "size": int(len(ids)), "purity": float(100.0 * counts.max() / len(ids)),
+                      "majority": int(counts.argmax()), "members": ids[:members].tolist()})
+    found.sort(key=lambda d: (-d["purity"], d["cluster"]))
+    top = clusters - clusters // 2
+    return found[:top] + found[max(top, len(found) - clusters // 2):]

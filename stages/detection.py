@@ -66,7 +66,7 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
 
     import localagg.detection as det
     from localagg.detection.train import CHECKPOINT, EXAMPLES, checkpoint_progress
-    from localagg.training.checkpoint import load_export
+    from localagg.runtime.checkpoint import load_export
 
     export = load_export(ckpt)
     converted = det.convert_to_detectron2(export["model"], export["model_meta"])  # non-ResNet: clear error

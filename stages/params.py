@@ -18,7 +18,10 @@ from localagg.data.augment import AugmentSpec
 from localagg.detection.protocol import DetectionConfig
 from localagg.evaluation.linear import LinearReadoutConfig
 from localagg.errors import UserError
-from localagg.training.config import IRConfig, LAConfig, ModelConfig, SupervisedConfig
+from localagg.models.config import ModelConfig
+from localagg.training.methods.instance_recognition import IRConfig
+from localagg.training.methods.local_aggregation import LAConfig
+from localagg.training.methods.supervised import SupervisedConfig
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -10,19 +10,20 @@ Each reads the `model` and `augment` sections and its own (`pretrain_ia` / `pret
     metrics/<stage>.json           summary (final kNN top-1, loss, cluster statistics)
     dvclive/<stage>/               per-epoch curves (loss, kNN, lr, img/s, clustering)
 
-With `num_processes` > 1 the command relaunches itself under torchrun (one machine); for
-several machines, run `torchrun ... -m stages <command>` yourself.
+Each stage is one method object of localagg.training.methods run by the one loop
+(localagg.training.loop.Trainer). With `num_processes` > 1 the command relaunches itself
+under torchrun (launch.py; one machine); for several machines, run `torchrun ... -m stages
+<command>` yourself.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from localagg.errors import UserError
 
 from .common import DvcLiveLogger, measure_cost, write_results
+from .launch import launched, relaunch_under_torchrun
 from .paths import model_path
 from .params import load_section
 
@@ -44,34 +45,29 @@ def paths(stage: str) -> dict[str, Path]:
     }
 
 
-def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
-    """Re-run this stage command as `torchrun --nproc_per_node N -m stages ...` and exit with its
-    status. torchrun gets SIGTERM if this process dies (it then stops its workers), and is
-    terminated if this process is asked to stop."""
-    import subprocess
+# the method each stage trains: (module of localagg.training.methods, class), imported on use
+METHODS = {"pretrain_ia": ("instance_recognition", "InstanceRecognition"),
+           "pretrain_la": ("local_aggregation", "LocalAggregation"),
+           "supervised": ("supervised", "Supervised")}
 
-    from localagg.process import die_with_parent
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "stages", command, "--params", str(params)]
-    child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
-    try:
-        sys.exit(child.wait())
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            child.wait()
+def method_of(stage: str, cfg):
+    """The method object of a pretraining stage, for its validated section."""
+    import importlib
+
+    module, name = METHODS[stage]
+    return getattr(importlib.import_module(f"localagg.training.methods.{module}"), name)(cfg)
 
 
 def run(stage: str, params: Path) -> dict:
-    from localagg.training.pretrain import Pretrainer
+    from localagg.training.loop import Trainer
 
     model_cfg = load_section(params, "model")
     aug = load_section(params, "augment")
     cfg = load_section(params, stage)
     if stage == "supervised" and cfg.augment:
         aug = supervised_augment(params, aug, cfg)
-    if cfg.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+    if cfg.num_processes > 1 and not launched():
         relaunch_under_torchrun(stage.replace("_", "-"), params, cfg.num_processes)
     p = paths(stage)
     init_from = None
@@ -79,8 +75,8 @@ def run(stage: str, params: Path) -> dict:
         init_from = model_path("ir")
         if not init_from.is_file():
             raise UserError(f"{init_from} does not exist: LA starts from the IR model; run `dvc repro pretrain_ia` first.")
-    trainer = Pretrainer(cfg, model_cfg, aug, OBJECT_DIR, p["checkpoints"], val_dir=OBJECT_DIR,
-                         init_from=init_from)
+    trainer = Trainer(method_of(stage, cfg), model_cfg, aug, OBJECT_DIR, p["checkpoints"], val_dir=OBJECT_DIR,
+                      init_from=init_from)
     logger = DvcLiveLogger(p["live"]) if trainer.dist.is_main else None
     trainer.logger = logger
     with measure_cost() as cost:
@@ -93,20 +89,10 @@ def run(stage: str, params: Path) -> dict:
         cost["train_seconds"] = round(sum(timed), 2) if None not in timed else None
         summary = result.summary
         record = {**summary, "model": MODEL_NAMES[stage], "stage": stage, "provenance": trainer.provenance(),
-                  "history": result.history, "views": _views(trainer), "cost": cost}
+                  "history": result.history, "views": trainer.views(), "cost": cost}
         write_results(p["metrics"], record, {k: round(summary[v], 4) for k, v in HEADLINE.items() if v in summary})
         logger.close()
     return result.summary
-
-
-def _views(trainer) -> dict:
-    """LA: a gallery of its clusters (the last clustering's first k-means), for the report."""
-    if trainer.kind != "la" or trainer.state.cluster_labels is None:
-        return {}
-    from localagg.evaluation.views import cluster_gallery
-
-    labels = trainer.state.cluster_labels[0].cpu().numpy()
-    return {"clusters": cluster_gallery(labels, trainer.train.labels.numpy())}
 
 
 def supervised_augment(params: Path, aug, cfg):
@@ -127,7 +113,7 @@ def write_random(params: Path) -> Path:
     import torch
 
     from localagg.models import build_model
-    from localagg.training.checkpoint import save_export
+    from localagg.runtime.checkpoint import save_export
 
     model_cfg = load_section(params, "model")
     seed = load_section(params, "random_init").seed

@@ -20,7 +20,6 @@ and writes <out>/results.csv, <out>/results.md and <out>/figures/<name>.png for 
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import re

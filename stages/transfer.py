@@ -36,11 +36,11 @@ VIEWS_ROLE = "object"  # retrieval and the embedding map are made on the object 
 def run(model: str, dataset: str, params: Path) -> dict:
     from localagg.data.datasets import open_split
     from localagg.evaluation import views
-    from localagg.evaluation.knn import knn_top1
+    from localagg.knn import knn_top1
     from localagg.evaluation.linear import train_linear_readouts
     from localagg.evaluation.transfer import knn_eval, load_backbone, open_readout_split, pixel_knn
     from localagg.models.backbone import RawPixels
-    from localagg.training.checkpoint import load_export
+    from localagg.runtime.checkpoint import load_export
 
     if model not in TRANSFER_MODELS:
         raise UserError(f"unknown model {model!r}; expected one of: {', '.join(TRANSFER_MODELS)}.")

@@ -15,7 +15,7 @@ import yaml
 from localagg.data.synthetic_detection import build_synthetic_voc
 from localagg.data.voc import prepare_voc
 from localagg.models.backbone import EmbeddingNet
-from localagg.training.checkpoint import save_export
+from localagg.runtime.checkpoint import save_export
 from localagg.detection.train import CHECKPOINT, PROGRESS, checkpoint_progress
 from stages import detection as stage
 

@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from localagg.data.augment import AugmentSpec, evaluate_transform
 from localagg.data.datasets import ArrayImages
-from localagg.evaluation.knn import knn_scores, knn_top1
+from localagg.knn import knn_scores, knn_top1
 from localagg.evaluation.transfer import knn_eval
 from localagg.models.backbone import EmbeddingNet
 

@@ -14,8 +14,8 @@ from localagg.evaluation.linear import (LayerReadout, LinearReadoutConfig, poole
                                        train_linear_readouts)
 from localagg.evaluation.transfer import knn_eval, load_backbone, pixel_knn
 from localagg.models.backbone import READOUT_LAYERS, EmbeddingNet, RawPixels
-from localagg.training import checkpoint as ckpt
-from localagg.training.config import ModelConfig
+from localagg.runtime import checkpoint as ckpt
+from localagg.models.config import ModelConfig
 
 SIZE = 32
 SPEC = AugmentSpec(crop_size=28)

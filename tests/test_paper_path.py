@@ -16,7 +16,6 @@ instead of SyncBN).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,13 @@ import torch.multiprocessing as mp
 
 from localagg.data.augment import AugmentSpec
 from localagg.errors import UserError
-from localagg.training import checkpoint as ckpt
-from localagg.training.config import IRConfig, LAConfig, ModelConfig
-from localagg.training.distributed import DistInfo
-from localagg.training.pretrain import Pretrainer, param_groups
+from localagg.models.config import ModelConfig
+from localagg.runtime import checkpoint as ckpt
+from localagg.runtime.distributed import DistInfo
+from localagg.training.loop import Trainer, param_groups
+from localagg.training.methods.instance_recognition import InstanceRecognition, IRConfig
+from localagg.training.methods.local_aggregation import LAConfig, LocalAggregation
+from localagg.training.methods.supervised import Supervised, SupervisedConfig
 
 from .conftest import CodeRunningPickle, make_arrays_dataset
 
@@ -23,6 +25,14 @@ MODEL = ModelConfig(arch="resnet18", stem="small", embedding_dim=16)
 AUG = AugmentSpec(crop_size=16, crop_scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0,
                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 COMMON = dict(batch_size=8, lr=0.05, knn_k=5, device="cpu", threads=1)
+
+
+METHOD_OF = {IRConfig: InstanceRecognition, LAConfig: LocalAggregation, SupervisedConfig: Supervised}
+
+
+def make_trainer(cfg, *args, **kw) -> Trainer:
+    """The loop with the method of `cfg`'s section."""
+    return Trainer(METHOD_OF[type(cfg)](cfg), *args, **kw)
 
 
 def ir_cfg(**kw):
@@ -56,18 +66,18 @@ def test_lr_schedule_and_weight_decay_groups():
 
 
 def test_ir_then_la_trains_and_exports(tiny_data, tmp_path):
-    ir = Pretrainer(ir_cfg(), MODEL, AUG, tiny_data, tmp_path / "ck_ir", val_dir=tiny_data)
+    ir = make_trainer(ir_cfg(), MODEL, AUG, tiny_data, tmp_path / "ck_ir", val_dir=tiny_data)
     res = ir.run()
     assert res.epochs == 2 and len(res.history) == 2
     assert "knn_top1_init" in res.summary and "final_knn_top1" in res.summary
     ir.export(tmp_path / "ir.pt")
-    la = Pretrainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "ck_la", val_dir=tiny_data, init_from=tmp_path / "ir.pt")
+    la = make_trainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "ck_la", val_dir=tiny_data, init_from=tmp_path / "ir.pt")
     # warm start: LA begins from the IR weights and bank
     exported = ckpt.load(tmp_path / "ir.pt")
-    assert torch.equal(la.bank.memory, exported["bank"])
+    assert torch.equal(la.method.bank.memory, exported["bank"])
     res = la.run()
     assert {"cluster_nmi", "kmeans_seconds"} <= set(res.history[0])
-    assert la.state.cluster_labels.shape == (2, 32)
+    assert la.method.cluster_labels.shape == (2, 32)
 
 
 @pytest.mark.parametrize("make_cfg", [ir_cfg, la_cfg], ids=["ir", "la"])
@@ -75,44 +85,44 @@ def test_interrupted_then_resumed_equals_uninterrupted(make_cfg, tiny_data, tmp_
     cfg = make_cfg(epochs=3, checkpoint_every_steps=1)
     init = None
     if make_cfg is la_cfg:
-        ir = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
+        ir = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
         ir.run()
         ir.export(tmp_path / "ir.pt")
         init = tmp_path / "ir.pt"
-    full = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "full", init_from=init)
+    full = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "full", init_from=init)
     full.run()
-    first = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
+    first = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
     assert first.run(stop_after_steps=6).interrupted  # 4 steps per epoch: stops inside epoch 2
     assert ckpt.load(tmp_path / "cut" / "last.pt")["step"] == 2
-    resumed = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
+    resumed = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
     assert resumed.try_resume()
-    resumed = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
+    resumed = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut", init_from=init)
     resumed.run()
     _same_state(full.model.state_dict(), resumed.model.state_dict())
-    assert torch.equal(full.bank.memory, resumed.bank.memory)
+    assert torch.equal(full.method.bank.memory, resumed.method.bank.memory)
     assert [h["loss"] for h in resumed.state.history] == [h["loss"] for h in full.state.history]
     assert [h["epoch"] for h in resumed.state.history] == [1, 2, 3]
 
 
 def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):
-    Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").run()
-    other = Pretrainer(ir_cfg(epochs=1, lr=0.01), MODEL, AUG, tiny_data, tmp_path / "ck")
+    make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").run()
+    other = make_trainer(ir_cfg(epochs=1, lr=0.01), MODEL, AUG, tiny_data, tmp_path / "ck")
     assert not other.try_resume()
 
 
 def test_warm_start_of_another_architecture_or_dataset_is_a_clear_error(tiny_data, tmp_path):
-    ir = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    ir = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
     ir.run()
     ir.export(tmp_path / "ir.pt")
     with pytest.raises(UserError, match="arch: checkpoint has 'resnet18', config asks for 'resnet50'"):
-        Pretrainer(la_cfg(), ModelConfig(arch="resnet50", embedding_dim=16), AUG, tiny_data, tmp_path / "la",
+        make_trainer(la_cfg(), ModelConfig(arch="resnet50", embedding_dim=16), AUG, tiny_data, tmp_path / "la",
                    init_from=tmp_path / "ir.pt")
     bigger = tmp_path / "bigger"
     make_arrays_dataset(bigger, n_train=40)
     with pytest.raises(UserError, match="with 32 images; this run trains on tiny with 40"):
-        Pretrainer(la_cfg(), MODEL, AUG, bigger, tmp_path / "la2", init_from=tmp_path / "ir.pt")
+        make_trainer(la_cfg(), MODEL, AUG, bigger, tmp_path / "la2", init_from=tmp_path / "ir.pt")
     with pytest.raises(UserError, match="does not exist"):
-        Pretrainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "la3", init_from=tmp_path / "missing.pt")
+        make_trainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "la3", init_from=tmp_path / "missing.pt")
 
 
 def _free_port() -> int:
@@ -134,10 +144,10 @@ def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out, extra=No
     try:
         cfg = (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, num_processes=world, **(extra or {}))
         init = out / "ir.pt" if kind == "la" else None
-        t = Pretrainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init,
+        t = make_trainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init,
                        dist=DistInfo(rank, world, rank, torch.device("cpu")))
         t.run()
-        torch.save({"model": t.model.state_dict(), "bank": t.bank.memory, "history": t.state.history}, out / f"ddp_{kind}_rank{rank}.pt")
+        torch.save({"model": t.model.state_dict(), "bank": t.method.bank.memory, "history": t.state.history}, out / f"ddp_{kind}_rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -146,12 +156,12 @@ def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out, extra=No
 @pytest.mark.parametrize("kind", ["ir", "la"])
 def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
     if kind == "la":
-        ir = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
+        ir = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
         ir.run()
         ir.export(tmp_path / "ir.pt")
     init = tmp_path / "ir.pt" if kind == "la" else None
     # one process, batch norm over the two halves of the batch as two devices would
-    single = Pretrainer((ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "one",
+    single = make_trainer((ir_cfg if kind == "ir" else la_cfg)(**DDP_KW, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "one",
                         init_from=init)
     single.run()
     mp.spawn(_ddp_worker, args=(2, _free_port(), kind, tiny_data, tmp_path), nprocs=2, join=True)
@@ -161,9 +171,9 @@ def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
     params = dict(single.model.named_parameters())
     for name, p in params.items():
         torch.testing.assert_close(r0["model"][name], p.detach(), atol=1e-4, rtol=1e-4, msg=f"{name} differs")
-    torch.testing.assert_close(r0["bank"], single.bank.memory, atol=1e-4, rtol=1e-4)
-    assert not torch.equal(single.bank.memory, Pretrainer(
-        (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW), MODEL, AUG, tiny_data, tmp_path / "fresh", init_from=init).bank.memory)
+    torch.testing.assert_close(r0["bank"], single.method.bank.memory, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(single.method.bank.memory, make_trainer(
+        (ir_cfg if kind == "ir" else la_cfg)(**DDP_KW), MODEL, AUG, tiny_data, tmp_path / "fresh", init_from=init).method.bank.memory)
 
 
 
@@ -173,14 +183,14 @@ def test_sync_bn_pretraining_on_two_gloo_processes_follows_one_process_with_the_
     steps' losses equal those of one process with batch norm over all 16 images, not those of
     per-device batch norm (8 images each)."""
     kw = {"batch_size": 16}
-    single = Pretrainer(ir_cfg(**DDP_KW, **kw), MODEL, AUG, tiny_data, tmp_path / "one")
+    single = make_trainer(ir_cfg(**DDP_KW, **kw), MODEL, AUG, tiny_data, tmp_path / "one")
     single.run()
     mp.spawn(_ddp_worker, args=(2, _free_port(), "ir", tiny_data, tmp_path, {"sync_bn": True, **kw}), nprocs=2,
              join=True)
     r0, r1 = torch.load(tmp_path / "ddp_ir_rank0.pt"), torch.load(tmp_path / "ddp_ir_rank1.pt")
     for name, value in r0["model"].items():
         assert torch.equal(value, r1["model"][name]), f"{name}: replicas differ"
-    grouped = Pretrainer(ir_cfg(**DDP_KW, **kw, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "grouped")
+    grouped = make_trainer(ir_cfg(**DDP_KW, **kw, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "grouped")
     grouped.run()
     loss = r0["history"][0]["loss"]
     assert loss == pytest.approx(single.state.history[0]["loss"], rel=1e-5)
@@ -188,19 +198,18 @@ def test_sync_bn_pretraining_on_two_gloo_processes_follows_one_process_with_the_
 
 
 def test_bank_init_features_starts_from_the_initial_network(tiny_data, tmp_path):
-    from localagg.training.distributed import DistInfo as D
-    from localagg.training.pretrain import _Batches
+    from localagg.training.batches import GlobalBatches
 
     cfg = ir_cfg(bank_init="features", epochs=1)
-    t = Pretrainer(cfg, MODEL, AUG, tiny_data, tmp_path / "ck")
+    t = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "ck")
     expected = t.embed(t.train_eval)
-    assert not torch.allclose(t.bank.memory, expected)
+    assert not torch.allclose(t.method.bank.memory, expected)
     t.run(stop_after_steps=1)
-    first = _Batches(32, cfg, 0, D()).local(0)
+    first = GlobalBatches(32, cfg.seed, cfg.batch_size, 0, DistInfo()).local(0)
     untouched = torch.ones(32, dtype=torch.bool)
     untouched[first] = False
-    assert torch.equal(t.bank.memory[untouched], expected[untouched])
-    assert not torch.allclose(t.bank.memory[first], expected[first])
+    assert torch.equal(t.method.bank.memory[untouched], expected[untouched])
+    assert not torch.allclose(t.method.bank.memory[first], expected[first])
 
 
 def test_supervised_reference_learns_the_labels(tiny_data, tmp_path):
@@ -209,12 +218,10 @@ def test_supervised_reference_learns_the_labels(tiny_data, tmp_path):
     test's recipe drops random crops and flips (through the section's `augment` keys), which
     would move a blob into another class's quadrant."""
     from localagg.data.augment import evaluate_transform
-    from localagg.training.config import SupervisedConfig
-
     cfg = SupervisedConfig(**{**COMMON, "epochs": 8, "lr": 0.01, "batch_size": 16,
                               "augment": {"crop_scale": [1.0, 1.0], "hflip": False, "color_jitter": [0, 0, 0, 0]}})
     aug = cfg.augment_spec(AUG)
-    t = Pretrainer(cfg, MODEL, aug, tiny_data, tmp_path / "ck", val_dir=tiny_data)
+    t = make_trainer(cfg, MODEL, aug, tiny_data, tmp_path / "ck", val_dir=tiny_data)
     res = t.run()
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < 0.1 * losses[0], losses
@@ -231,8 +238,6 @@ def test_supervised_reference_learns_the_labels(tiny_data, tmp_path):
 
 
 def test_supervised_augment_keys_replace_the_pretraining_recipe():
-    from localagg.training.config import SupervisedConfig
-
     cfg = SupervisedConfig(epochs=1, augment={"crop_scale": [0.08, 1.0], "color_jitter": [0, 0, 0, 0]})
     spec = cfg.augment_spec(AUG)
     assert spec.crop_scale == (0.08, 1.0) and spec.color_jitter == (0, 0, 0, 0) and spec.crop_size == AUG.crop_size
@@ -242,7 +247,7 @@ def test_supervised_augment_keys_replace_the_pretraining_recipe():
 
 def test_a_non_finite_loss_stops_training_at_once_and_exports_nothing(tiny_data, tmp_path):
     hostile = AUG.model_copy(update={"mean": (1e38, 1e38, 1e38)})  # finite, but (x - mean) / std overflows float32
-    t = Pretrainer(ir_cfg(), MODEL, hostile, tiny_data, tmp_path / "ck")
+    t = make_trainer(ir_cfg(), MODEL, hostile, tiny_data, tmp_path / "ck")
     with pytest.raises(UserError) as err:
         t.run()
     message = str(err.value)
@@ -255,7 +260,7 @@ def test_a_crafted_or_truncated_checkpoint_is_not_run_and_training_starts_over(t
     marker = tmp_path / "code-ran"
     (tmp_path / "ck").mkdir()
     torch.save({"identity": CodeRunningPickle(marker)}, tmp_path / "ck" / "last.pt")
-    t = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    t = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
     with caplog.at_level("WARNING"):
         assert not t.try_resume()
     assert not marker.exists()
@@ -265,7 +270,7 @@ def test_a_crafted_or_truncated_checkpoint_is_not_run_and_training_starts_over(t
     (tmp_path / "ck" / "last.pt").write_bytes(data[:100])
     caplog.clear()
     with caplog.at_level("WARNING"):
-        assert not Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").try_resume()
+        assert not make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").try_resume()
     assert "cannot be read" in caplog.text
     with pytest.raises(UserError, match="could run code"):
         torch.save({"model": CodeRunningPickle(marker)}, tmp_path / "model.pt")
@@ -276,7 +281,7 @@ def test_a_crafted_or_truncated_checkpoint_is_not_run_and_training_starts_over(t
 def test_exports_are_byte_identical_across_runs(tiny_data, tmp_path):
     """No timing inside model files: a rerun gives the same bytes, so DVC sees nothing changed downstream."""
     for name in ("a", "b"):
-        t = Pretrainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / f"ck_{name}")
+        t = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / f"ck_{name}")
         t.run()
         t.export(tmp_path / name / "ir.pt")  # the same name: torch.save records it in the archive
     assert (tmp_path / "a" / "ir.pt").read_bytes() == (tmp_path / "b" / "ir.pt").read_bytes()

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..training import checkpoint as ckpt
+from ..runtime import checkpoint as ckpt
 
 # localagg archs that have a Detectron2 ResNet counterpart (RESNETS.DEPTH).
 DEPTHS = {"resnet18": 18, "resnet50": 50}

@@ -49,7 +49,7 @@ from ..errors import UserError
 from ..io import read_json, write_json
 from ..process import die_with_parent
 from ..progress import Clock, track
-from ..training import checkpoint as ckpt
+from ..runtime import checkpoint as ckpt
 from . import config as _config  # noqa: F401  (registers LocalAggRes5ROIHeads for build_model)
 from .convert import load_converted, load_strict
 from .data import IterationBatches, iteration_loader, register_voc_manifest, step_seed

@@ -63,10 +63,10 @@ from ..data import augment
 from ..data.augment import AugmentSpec, check_range, step_generator
 from ..models.backbone import PIXELS, READOUT_LAYERS, EmbeddingNet
 from ..progress import Clock, track
-from ..training.config import StepSchedule
-from ..training.distributed import pick_device
+from ..runtime.distributed import pick_device
+from ..runtime.schedule import StepSchedule
 from .crops import center_crop, random_crop, resize_shorter, ten_crop
-from .knn import network_spaces, pixel_space
+from .spaces import network_spaces, pixel_space
 
 ReadoutLayer = Literal[(*READOUT_LAYERS, PIXELS)]  # "conv1" .. "conv5", and "pixels" (the raw-pixel baseline)
 STD_EPS = 1e-5

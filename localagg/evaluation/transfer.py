@@ -20,12 +20,13 @@ from ..data import augment
 from ..data.augment import AugmentSpec
 from ..data.datasets import open_split
 from ..errors import UserError
+from ..knn import knn_top1
 from ..models.backbone import EmbeddingNet, build_model, check_meta
+from ..models.config import ModelConfig
 from ..progress import track
-from ..training import checkpoint as ckpt
-from ..training.config import ModelConfig
-from ..training.distributed import pick_device
-from .knn import knn_top1, network_spaces, pixel_space
+from ..runtime import checkpoint as ckpt
+from ..runtime.distributed import pick_device
+from .spaces import network_spaces, pixel_space
 from .linear import LinearReadoutConfig, iter_batches
 
 

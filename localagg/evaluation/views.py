@@ -3,7 +3,8 @@
     retrieval        fixed query images of the validation split and their top-k neighbours
                      among the training images, by cosine similarity of the embeddings
     embedding_map    a 2-D t-SNE map (scikit-learn) of the validation embeddings
-    cluster_gallery  a few of LA's clusters of the memory bank: members, size, purity
+
+(LA's cluster gallery, made where the clusters are, is clustering.cluster_gallery.)
 
 Each returns indices into the prepared splits (and coordinates), small enough for a stage's
 record; the report draws them (localagg.report.figures).
@@ -51,21 +52,3 @@ def embedding_map(features: torch.Tensor, max_points: int = 600, seed: int = 0) 
     xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, (m - 1) / 3), learning_rate="auto",
               random_state=seed).fit_transform(x)
     return {"indices": indices, "xy": np.round(xy, 3).tolist()}
-
-
-def cluster_gallery(cluster_labels: np.ndarray, true_labels: np.ndarray, clusters: int = 6, members: int = 8,
-                    min_size: int = 8) -> list[dict]:
-    """Half the `clusters` purest and half the least pure clusters of one clustering (with at
-    least `min_size` images), each {"cluster", "size", "purity" (%), "majority" (class),
-    "members": the first `members` image indices}."""
-    found = []
-    for c in np.unique(cluster_labels):
-        ids = np.flatnonzero(cluster_labels == c)
-        if len(ids) < min_size:
-            continue
-        counts = np.bincount(true_labels[ids])
-        found.append({"cluster": int(c), "size": int(len(ids)), "purity": float(100.0 * counts.max() / len(ids)),
-                      "majority": int(counts.argmax()), "members": ids[:members].tolist()})
-    found.sort(key=lambda d: (-d["purity"], d["cluster"]))
-    top = clusters - clusters // 2
-    return found[:top] + found[max(top, len(found) - clusters // 2):]

@@ -1,42 +1,26 @@
-"""Configuration models of the model and of pretraining (validated, unknown keys forbidden).
+"""What every pretraining method's params section shares (validated, unknown keys forbidden).
 
-The pipeline layer mounts these as params.yaml sections (`model`, `pretrain_ia`,
-`pretrain_la`); the library only sees the validated objects.
+Each method's own section extends `TrainingConfig` in the method's module
+(`methods/instance_recognition.py`: `IRConfig`, ...); the pipeline layer mounts them as
+params.yaml sections, the library only sees the validated objects.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..runtime.schedule import StepSchedule
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class StepSchedule:
-    """The step learning-rate schedule of a config with fields `epochs`, `lr`, `lr_drops` and
-    `lr_gamma` (pretraining here, the linear readout in evaluation.linear)."""
-
-    def lr_at(self, epoch: int) -> float:
-        """lr * lr_gamma^(number of drops at or before `epoch`)."""
-        return self.lr * self.lr_gamma ** sum(epoch >= d for d in self.lr_drops)
-
-    def check_lr_drops(self) -> None:
-        """Raise ValueError unless lr_drops are increasing epochs inside (0, epochs)."""
-        if sorted(self.lr_drops) != list(self.lr_drops) or any(not 0 < e < self.epochs for e in self.lr_drops):
-            raise ValueError(f"lr_drops must be increasing epochs inside (0, epochs={self.epochs}), got {self.lr_drops}")
-
-
-class ModelConfig(_Config):
-    arch: Literal["resnet18", "resnet50"] = "resnet18"
-    stem: Literal["imagenet", "small"] = Field("imagenet", description="imagenet: 7x7/2 + max-pool; small: 3x3/1, no pool")
-    embedding_dim: int = Field(128, ge=2)
-
-
 class TrainingConfig(StepSchedule, _Config):
-    """What IR and LA pretraining share (la-method.md: SGD 0.9, lr 0.03, batch 128, wd 1e-4)."""
+    """What IR, LA and the supervised reference share (la-method.md: SGD 0.9, lr 0.03, batch
+    128, wd 1e-4)."""
 
     epochs: int = Field(..., ge=1)
     batch_size: int = Field(128, ge=2, description="global batch over all processes")
@@ -84,48 +68,3 @@ class TrainingConfig(StepSchedule, _Config):
             raise ValueError("sync_bn (statistics over the whole batch) and bn_groups > 1 (over slices of it) exclude "
                              "each other; set one of them")
         return self
-
-
-class IRConfig(TrainingConfig):
-    """Instance Recognition (Wu et al. 2018): NCE with `num_negatives` noise samples (0 = full softmax)."""
-
-    num_negatives: int = Field(4096, ge=0)
-    nce_z_per_image: Optional[float] = Field(
-        None, gt=0, description="NCE normaliser Z / N, fixed; null: Z estimated from the first batch (lemniscate, "
-                                "the PyTorch port). The TF code fixes Z = 2876934.2 / 1281167 * N (2.2455575 N)")
-
-
-class LAConfig(TrainingConfig):
-    """Local Aggregation: background neighbours k, H k-means of m clusters on the bank."""
-
-    k: int = Field(4096, ge=1, description="background neighbours (top-k of the bank)")
-    num_kmeans: int = Field(10, ge=1, description="H: k-means runs with different seeds")
-    num_clusters: int = Field(30000, ge=2, description="m: clusters per k-means")
-    kmeans_iterations: int = Field(20, ge=1)
-    kmeans_seed: int = Field(1234, description="clustering h uses kmeans_seed + h")
-
-
-class SupervisedConfig(TrainingConfig):
-    """The supervised reference: the same backbone trained with the object set's labels
-    (cross-entropy of a linear classifier on pooled conv5); the upper bound the paper reports.
-    The bank, temperature and kNN fields of TrainingConfig are unused except for the kNN monitor."""
-
-    augment: dict[str, Any] = Field(
-        default_factory=dict,
-        description="keys of the `augment` section that the supervised reference replaces, e.g. torchvision's "
-                    "reference recipe: crop_scale [0.08, 1], color_jitter [0, 0, 0, 0], grayscale_p 0")
-
-    @field_validator("augment")
-    @classmethod
-    def _known_augment_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from ..data.augment import AugmentSpec
-
-        unknown = sorted(set(value) - set(AugmentSpec.model_fields))
-        if unknown:
-            raise ValueError(f"unknown augment key(s) {', '.join(unknown)}; expected some of: "
-                             f"{', '.join(AugmentSpec.model_fields)}")
-        return value
-
-    def augment_spec(self, base):
-        """`base` (an AugmentSpec) with this section's `augment` keys replaced, validated."""
-        return type(base).model_validate({**base.model_dump(), **self.augment})

@@ -1,4 +1,5 @@
-"""Weighted kNN classifier of Instance Discrimination (Wu et al. 2018), used by LA too.
+"""Weighted kNN classifier of Instance Discrimination (Wu et al. 2018), used by LA too: the
+pretraining monitors and the transfer evaluation both stand on it.
 
 For a query q (L2-normalised) and a labelled bank {(v_j, y_j)}:
     N_k(q) = the k bank rows of largest q·v_j
@@ -9,7 +10,6 @@ For a query q (L2-normalised) and a labelled bank {(v_j, y_j)}:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 @torch.no_grad()
@@ -33,16 +33,3 @@ def knn_top1(queries, query_labels, bank, bank_labels, num_classes, k=200, tempe
     """Top-1 accuracy (percent) of the weighted kNN classifier."""
     pred = knn_scores(queries, bank, bank_labels, num_classes, k, temperature).argmax(1)
     return 100.0 * (pred == query_labels.cpu()).double().mean().item()
-
-
-def network_spaces(model, pooled_conv5: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The two kNN spaces of a network from its pooled conv5 (B, C): "embedding" =
-    normalize(head(pooled)) (B, D), what pretraining trains, and "conv5" = normalize(pooled)."""
-    return {"embedding": F.normalize(model.head(pooled_conv5), dim=1), "conv5": F.normalize(pooled_conv5, dim=1)}
-
-
-def pixel_space(images: torch.Tensor) -> torch.Tensor:
-    """The raw-pixel baseline's kNN vectors: each normalised image (B, 3, S, S) flattened, its
-    own mean subtracted, L2-normalised (B, 3 S S)."""
-    v = images.flatten(1)
-    return F.normalize(v - v.mean(1, keepdim=True), dim=1)

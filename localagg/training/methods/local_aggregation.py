@@ -1,0 +1,85 @@
+"""Local Aggregation (Zhuang, Zhai, Yamins 2019) from the IR model and bank
+(objectives/local_aggregation.py has the loss).
+
+    B_i = top-k rows of the bank by v_i . v_j              background neighbours
+    C_i = union over h of i's cluster in k-means h        close neighbours, H k-means of m
+    L_i = -log( sum_{B_i ∩ C_i} exp(v_i . v_j / tau) / sum_{B_i} exp(v_i . v_j / tau) )
+
+The bank is re-clustered at the start of every epoch (H k-means of m clusters, seeds
+kmeans_seed + h) on rank 0 and the labels are broadcast.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from ...objectives import local_aggregation_loss
+from ...runtime.distributed import broadcast
+from ..config import TrainingConfig
+from .base import BankMethod
+
+
+class LAConfig(TrainingConfig):
+    """Local Aggregation: background neighbours k, H k-means of m clusters on the bank."""
+
+    k: int = Field(4096, ge=1, description="background neighbours (top-k of the bank)")
+    num_kmeans: int = Field(10, ge=1, description="H: k-means runs with different seeds")
+    num_clusters: int = Field(30000, ge=2, description="m: clusters per k-means")
+    kmeans_iterations: int = Field(20, ge=1)
+    kmeans_seed: int = Field(1234, description="clustering h uses kmeans_seed + h")
+
+
+class LocalAggregation(BankMethod):
+    name: ClassVar[str] = "la"
+    section: ClassVar[str] = "pretrain_la"
+    cfg: LAConfig
+    cluster_labels: torch.Tensor | None = None  # (H, N) int64, from the last clustering
+
+    def size_limits(self) -> dict[str, int]:
+        return {**super().size_limits(), "k": self.cfg.k, "num_clusters": self.cfg.num_clusters}
+
+    def begin_epoch(self, run, epoch: int) -> dict[str, float]:
+        """H k-means on the bank (rank 0), labels broadcast; returns cluster statistics."""
+        from ... import clustering  # faiss is only needed here
+
+        cfg = self.cfg
+        H, N = cfg.num_kmeans, run.num_items
+        stats: dict[str, float] = {}
+        labels = torch.empty(H, N, dtype=torch.long, device=run.device)
+        if run.dist.is_main:
+            t0 = time.perf_counter()
+            found = clustering.run_kmeans(self.bank.memory.cpu().numpy(), cfg.num_clusters, H,
+                                          iterations=cfg.kmeans_iterations, seed=cfg.kmeans_seed)
+            seconds = time.perf_counter() - t0
+            labels.copy_(torch.from_numpy(found))
+            full = clustering.cluster_statistics(found, run.train.labels.numpy())
+            stats = {f"cluster_{k}": float(v) for k, v in full.items()
+                     if isinstance(v, (int, float)) and k not in ("num_clusterings", "num_points")}
+            stats["kmeans_seconds"] = seconds
+        self.cluster_labels = broadcast(labels)
+        return stats
+
+    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return local_aggregation_loss(out.float(), idx, self.bank.memory, self.cluster_labels, k=self.cfg.k,
+                                      temperature=self.cfg.temperature)
+
+    def state_dict(self) -> dict[str, Any]:
+        labels = self.cluster_labels.cpu() if self.cluster_labels is not None else None
+        return {**super().state_dict(), "cluster_labels": labels}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        super().load_state_dict(state, device)
+        labels = state["cluster_labels"]
+        self.cluster_labels = labels.to(device) if labels is not None else None
+
+    def views(self, run) -> dict:
+        """A gallery of the last clustering's first k-means, for the report."""
+        from ...clustering import cluster_gallery
+
+        if self.cluster_labels is None:
+            return {}
+        return {"clusters": cluster_gallery(self.cluster_labels[0].cpu().numpy(), run.train.labels.numpy())}
