@@ -78,7 +78,7 @@ class MemoryBank(torch.nn.Module):
         return self.memory.shape[1]
 
     @torch.no_grad()
-    def update(self, indices: torch.Tensor, embeddings: torch.Tensor) -> None:
+    def update(self, indices: torch.Tensor, embeddings: torch.Tensor, distinct: bool = False) -> None:
         """bank[i] <- normalize(m * bank[i] + (1 - m) * v_i) for each (i, v_i) of the batch.
 
         indices: (B,) integer rows of the bank; embeddings: (B, D), detached here and cast
@@ -87,6 +87,10 @@ class MemoryBank(torch.nn.Module):
         normalize(m * old_row + (1 - m) * v_last), computed from the row as it was before
         the call (never from an earlier occurrence's result). This is deterministic on every
         device, and under DDP (gathered in rank order) the same on every rank.
+
+        `distinct=True` promises that no index repeats (a training batch is a slice of a
+        permutation): the rows are then written directly, without `torch.unique`, which
+        waits for the GPU to know its output size.
         """
         if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype.is_complex:
             raise ValueError(
@@ -102,6 +106,10 @@ class MemoryBank(torch.nn.Module):
             return
         indices = indices.to(device=self.memory.device, dtype=torch.long)
         embeddings = embeddings.detach().to(device=self.memory.device, dtype=self.memory.dtype)
+        if distinct:
+            mixed = self.momentum * self.memory.index_select(0, indices) + (1.0 - self.momentum) * embeddings  # (B, D)
+            self.memory.index_copy_(0, indices, F.normalize(mixed, dim=1))
+            return
         # Position of the last occurrence of every distinct index (max is order-free, so
         # the scatter is deterministic).
         unique, inverse = torch.unique(indices, return_inverse=True)  # (U,), (B,)

@@ -16,6 +16,7 @@ torchvision's RandomResizedCrop) and this module does the rest; `crop=False` the
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -126,6 +127,16 @@ class AugmentDraw:
             self.flip[start:stop], self.jitter[start:stop], self.gray[start:stop],
         )
 
+    def to(self, device: torch.device) -> "AugmentDraw":
+        """The draws on `device`, copied from pinned memory without waiting (CUDA); unchanged on the CPU."""
+        if device.type == "cpu":
+            return self
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory().to(device, non_blocking=True)
+
+        return AugmentDraw(move(self.boxes), move(self.flip), move(self.jitter), move(self.gray))
+
 
 def draw(spec: AugmentSpec, n: int, height: int, width: int, g: torch.Generator, crop: bool = True) -> AugmentDraw:
     """Draw the augmentation parameters of `n` images (the global batch)."""
@@ -170,14 +181,20 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def apply(images: torch.Tensor, d: AugmentDraw, spec: AugmentSpec) -> torch.Tensor:
-    """Augment uint8 images (B, 3, H, W) with the drawn parameters; returns normalised float (B, 3, S, S)."""
+    """Augment uint8 images (B, 3, H, W) with the drawn parameters; returns normalised float (B, 3, S, S).
+
+    The decisions that skip work (any flip, any grey image) are read from the draws on the
+    host, so nothing here waits for the device."""
     x = images.float().div_(255)
     B, _, H, W = x.shape
     S = spec.crop_size
-    if d.boxes is not None or d.flip.any() or (H, W) != (S, S):
-        boxes = d.boxes.to(x.device) if d.boxes is not None else torch.tensor([[0.0, 0.0, W, H]], device=x.device).expand(B, 4)
+    any_flip = d.flip.device.type != "cpu" or bool(d.flip.any())  # draws made on the device: assume some
+    any_gray = d.gray.device.type != "cpu" or bool(d.gray.any())
+    d = d.to(x.device)
+    if d.boxes is not None or any_flip or (H, W) != (S, S):
+        boxes = d.boxes if d.boxes is not None else torch.tensor([[0.0, 0.0, W, H]], device=x.device).expand(B, 4)
         x0, y0, bw, bh = boxes.unbind(1)
-        sign = 1.0 - 2.0 * d.flip.to(x.device).float()
+        sign = 1.0 - 2.0 * d.flip.float()
         theta = torch.zeros(B, 2, 3, device=x.device)
         theta[:, 0, 0] = bw / W * sign
         theta[:, 0, 2] = (2 * x0 + bw) / W - 1
@@ -185,7 +202,7 @@ def apply(images: torch.Tensor, d: AugmentDraw, spec: AugmentSpec) -> torch.Tens
         theta[:, 1, 2] = (2 * y0 + bh) / H - 1
         grid = F.affine_grid(theta, [B, 3, S, S], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    j = d.jitter.to(x.device)
+    j = d.jitter
     b, c, s, h = spec.color_jitter
     if b > 0:
         x = (x * j[:, 0, None, None, None]).clamp_(0, 1)
@@ -197,15 +214,19 @@ def apply(images: torch.Tensor, d: AugmentDraw, spec: AugmentSpec) -> torch.Tens
         x = (gr + j[:, 2, None, None, None] * (x - gr)).clamp_(0, 1)
     if h > 0:
         x = _shift_hue(x, j[:, 3])
-    gmask = d.gray.to(x.device)
-    if gmask.any():
-        x = torch.where(gmask[:, None, None, None], _grey(x).expand_as(x), x)
+    if any_gray:
+        x = torch.where(d.gray[:, None, None, None], _grey(x).expand_as(x), x)
     return normalize(x, spec)
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, 3, 1, 1) mean and std on `device`, made once (a copy to the GPU is a host sync)."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
+
+
 def normalize(x: torch.Tensor, spec: AugmentSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(tuple(spec.mean), tuple(spec.std), x.device)
     return (x - mean) / std
 
 

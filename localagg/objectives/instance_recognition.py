@@ -74,6 +74,9 @@ class InstanceRecognitionLoss(torch.nn.Module):
             raise ValueError(f"InstanceRecognitionLoss: normalizer_per_item must be > 0, got {normalizer_per_item}")
         z = -1.0 if normalizer_per_item is None else float(normalizer_per_item) * self.num_items
         self.register_buffer("normalizer", torch.tensor(z, dtype=torch.float64))
+        # whether Z is known, kept on the host so that a step never reads the buffer from the GPU
+        self._z_known = normalizer_per_item is not None
+        self.register_load_state_dict_post_hook(_after_load)
 
     def extra_repr(self) -> str:
         return (
@@ -123,7 +126,7 @@ class InstanceRecognitionLoss(torch.nn.Module):
             weights = bank[columns]  # (B, K+1, D)
             scores = torch.bmm(weights, emb.unsqueeze(2)).squeeze(2) / self.temperature
             # scores (B, K+1) = v_j . v_i / tau; column 0 is the positive
-            if self.normalizer.item() < 0:
+            if not self._z_known:
                 self._estimate_normalizer(scores)
             log_x = scores - self.normalizer.to(device=device, dtype=dtype).log()  # (B, K+1)
             noise_mass = k / self.num_items  # K * P_n
@@ -140,6 +143,7 @@ class InstanceRecognitionLoss(torch.nn.Module):
             dist.all_reduce(mean, op=dist.ReduceOp.SUM)
             mean = mean / dist.get_world_size()
         self.normalizer.copy_(mean.to(torch.float64) * self.num_items)
+        self._z_known = True
 
     def _check(self, embeddings, indices, memory_bank, noise_indices) -> None:
         name = type(self).__name__
@@ -179,3 +183,8 @@ class InstanceRecognitionLoss(torch.nn.Module):
                 f"{name}: noise_indices must be an integer tensor of shape (B, K) = {expected}, "
                 f"got shape {tuple(noise_indices.shape)} dtype {noise_indices.dtype}"
             )
+
+
+def _after_load(module: InstanceRecognitionLoss, incompatible_keys) -> None:
+    """A loaded state knows Z when its buffer holds one (-1: not estimated yet)."""
+    module._z_known = bool(module.normalizer.item() >= 0)

@@ -42,6 +42,8 @@ class TrainingConfig(StepSchedule, _Config):
     num_processes: int = Field(1, ge=1, description="processes on this machine (torchrun --nproc_per_node)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "on", "off"] = Field("auto", description="bfloat16 autocast; auto = on for CUDA")
+    float64: bool = Field(False, description="compute in float64 (model, bank, losses): for checks that two code "
+                                             "paths are equal, e.g. 1 and 2 processes; several times slower")
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_workers: int = Field(0, ge=0, description="data-loader workers for file datasets")
     bn_groups: int = Field(1, ge=1, description="split each process's batch into groups for batch-norm statistics")
@@ -64,6 +66,8 @@ class TrainingConfig(StepSchedule, _Config):
             raise ValueError(
                 f"batch_size {self.batch_size} must be divisible by num_processes x bn_groups = {self.num_processes * self.bn_groups}"
             )
+        if self.float64 and self.amp == "on":
+            raise ValueError("float64 and amp: on (bfloat16 autocast) exclude each other; set one of them")
         if self.sync_bn and self.bn_groups > 1:
             raise ValueError("sync_bn (statistics over the whole batch) and bn_groups > 1 (over slices of it) exclude "
                              "each other; set one of them")

@@ -4,7 +4,7 @@ Per step (global batch B over W processes, b = B / W per process):
 
     x_i = augment(image_i)                 drawn for the global batch, sliced per rank
     out = trainable(x_i)                   (b, D) embeddings, or (b, C) logits (supervised)
-    L = method.loss(out, labels, i, g)     g: the step's generator (NCE noise)
+    L = method.loss(out, labels, i, seed)  seed: the step's, for the method's draws (NCE noise)
     SGD step (DDP averages gradients); method.after_step(out, i) (the bank update)
 
 At the start of every epoch `method.begin_epoch` runs (LA re-clusters its bank). Every
@@ -48,6 +48,7 @@ from .methods.base import Method
 
 LAST = "last.pt"
 CHECKPOINT_FORMAT = 2  # the layout of last.pt: the method's state under "method"
+GUARD_EVERY_STEPS = 50  # the finite-loss guard reads the device this often (and before every checkpoint)
 # config keys that change how a run goes (processes, threads, logging, checkpoints, the kNN
 # monitor's rhythm), not what it trains: left out of the resume match and the protocol
 RUN_ONLY_KEYS = frozenset({"num_processes", "num_workers", "threads", "checkpoint_every_steps", "log_every_steps",
@@ -76,6 +77,47 @@ class _State:
     extra: dict[str, Any] = field(default_factory=dict)
     loss_sum: float = 0.0  # this epoch so far, for its mean loss across an interruption
     epoch_stats: dict[str, float] = field(default_factory=dict)  # what the method's epoch start measured
+
+
+class _FiniteGuard:
+    """Stops every rank when any rank's loss was not finite, without a host sync per step.
+
+    `record` keeps, on the device, the global step and value of the first non-finite loss;
+    `check` (every GUARD_EVERY_STEPS steps, before every checkpoint and at every epoch end)
+    reads it, the minimum over the ranks, and raises. Nothing is saved after a bad step, so
+    the last checkpoint is from before it; the steps in between are thrown away with it.
+    """
+
+    NONE = 2**62
+
+    def __init__(self, trainer: "Trainer", steps_per_epoch: int):
+        self.trainer, self.steps_per_epoch = trainer, steps_per_epoch
+        self.first = torch.full((1,), self.NONE, dtype=torch.int64, device=trainer.device)
+        self.value = torch.zeros((), dtype=torch.float64, device=trainer.device)
+
+    def record(self, loss: torch.Tensor, global_step: int) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self.first == self.NONE)  # (1,), first bad step only
+        self.first = torch.where(bad, global_step, self.first)
+        self.value = torch.where(bad[0], loss.detach().to(torch.float64), self.value)
+
+    def check(self) -> None:
+        first = self.first.clone()
+        if self.trainer.dist.enabled:
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        step = int(first.item())
+        if step == self.NONE:
+            return
+        t, cfg = self.trainer, self.trainer.cfg
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        section = t.method.section
+        hints = [f"{section}.lr = {cfg.lr_at(epoch):g} may be too high", f"augment.std = {list(t.aug.std)}",
+                 f"augment.mean = {list(t.aug.mean)}", *t.method.loss_hints()]
+        value = self.value.item() if int(self.first.item()) == step else float("nan")
+        raise UserError(
+            f"{t.method.name} training stopped: the loss is {value} at epoch {epoch + 1}, step {in_epoch + 1} "
+            f"(global step {step + 1}). Nothing was exported; the last checkpoint is from before this step. "
+            f"Check {'; '.join(hints)}."
+        )
 
 
 def _file_digest(path: Path) -> str:
@@ -118,7 +160,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
 
         on_cuda = self.device.type == "cuda"
-        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda)
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda and not cfg.float64)
+        self.dtype = torch.float64 if cfg.float64 else torch.float32  # parameters, bank, losses
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
 
         if cfg.batch_size % (self.dist.world_size * cfg.bn_groups):
@@ -140,7 +183,7 @@ class Trainer:
             set_bn_groups(self.model, cfg.bn_groups)
         if cfg.sync_bn:
             set_sync_bn(self.model)
-        self.model.to(self.device)
+        self.model.to(self.device, self.dtype)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         method.setup(self)
@@ -150,7 +193,7 @@ class Trainer:
         if self.init_from is not None:
             self._warm_start(self.init_from)
 
-        self.trainable: nn.Module = method.trainable(self.model).to(self.device)
+        self.trainable: nn.Module = method.trainable(self.model).to(self.device, self.dtype)
         self.optimizer = torch.optim.SGD(param_groups(self.trainable, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
         self.net = (DistributedDataParallel(self.trainable, device_ids=[self.device.index] if on_cuda else None)
                     if self.dist.enabled else self.trainable)
@@ -173,6 +216,7 @@ class Trainer:
     def protocol(self) -> dict:
         """What this stage trained, for the report's comparability check (no timing, no paths)."""
         cfg = self.cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS | {"device"})
+        cfg["amp"] = "bf16" if self.amp else "off"  # what ran, not the setting ("auto")
         return {"objective": self.method.name, **self.model.meta(), "augment": self.aug.model_dump(mode="json"),
                 "dataset": self.train_info.name, "train_images": self.num_items,
                 "val_images": len(self.val) if self.val is not None else None,
@@ -266,11 +310,12 @@ class Trainer:
         else:
             batches = iter(DataLoader(ds, batch_size=batch_size, num_workers=self.cfg.num_workers))
         for x, _, _ in track(batches, "embedding", total=-(-len(ds) // batch_size)):
-            x = augment.evaluate_transform(x.to(self.device), self.aug)
+            x = augment.evaluate_transform(x.to(self.device), self.aug).to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                out.append(F.normalize(self.model.pooled(x).float(), dim=1) if pooled else self.model(x).float())
+                out.append(F.normalize(self.model.pooled(x).to(self.dtype), dim=1) if pooled
+                           else self.model(x).to(self.dtype))
         self.model.train()
         return torch.cat(out)
 
@@ -290,6 +335,7 @@ class Trainer:
         clock = Clock(done=s.epoch * steps_per_epoch + s.step, total=cfg.epochs * steps_per_epoch)
         every = cfg.log_every_steps or (steps_per_epoch // 10 if steps_per_epoch >= 200 else 0)
         name = method.name
+        guard = _FiniteGuard(self, steps_per_epoch)
         if dist.is_main:
             log.info("%s: %s training images, %d epochs of %d steps (batch %d over %d process(es))%s", name,
                      f"{self.num_items:,}", cfg.epochs, steps_per_epoch, cfg.batch_size, dist.world_size,
@@ -301,7 +347,7 @@ class Trainer:
             if s.step == 0:
                 s.loss_sum, s.epoch_stats = 0.0, method.begin_epoch(self, epoch)
             batches = GlobalBatches(self.num_items, cfg.seed, cfg.batch_size, epoch, dist)
-            loss_sum, seen, t0 = torch.zeros((), device=self.device), 0, time.perf_counter()
+            loss_sum, seen, t0 = torch.zeros((), device=self.device, dtype=torch.float64), 0, time.perf_counter()
             arrays = isinstance(self.train, ArrayImages)
             if arrays:
                 source = (self._fetch(self.train, batches.local(st)) for st in range(s.step, batches.steps))
@@ -316,14 +362,14 @@ class Trainer:
                 H, W = images.shape[-2:]
                 d = augment.draw(self.aug, cfg.batch_size, H, W, g, crop=arrays)
                 d = d.slice(dist.rank * batches.b, (dist.rank + 1) * batches.b)
-                x = augment.apply(images.to(self.device, non_blocking=True), d, self.aug)
+                x = augment.apply(images.to(self.device, non_blocking=True), d, self.aug).to(self.dtype)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                idx = idx.to(self.device)
+                idx = idx.to(self.device, non_blocking=True)
                 with self._autocast():
                     out = self.net(x)
-                loss = method.loss(out, labels, idx, g)
-                self._check_finite(loss, epoch, s.step)
+                loss = method.loss(out, labels, idx, augment.step_generator(cfg.seed, epoch, s.step, 2).initial_seed())
+                guard.record(loss, s.global_step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -341,15 +387,21 @@ class Trainer:
                         log.info("%s epoch %d/%d, step %s/%s: %s, %s", name, epoch + 1, cfg.epochs,
                                  f"{s.step:,}", f"{batches.steps:,}", line,
                                  clock.text(epoch * steps_per_epoch + s.step))
+                if s.global_step % GUARD_EVERY_STEPS == 0:
+                    guard.check()
                 if cfg.checkpoint_every_steps and s.global_step % cfg.checkpoint_every_steps == 0 and s.step < batches.steps:
+                    guard.check()
                     s.loss_sum += loss_sum.item()
                     loss_sum.zero_()
                     self._save()
                 if stop_after_steps is not None and steps_done_now >= stop_after_steps:
+                    guard.check()
                     barrier()
                     return PretrainResult(s.epoch, s.history, {}, interrupted=True)
+            guard.check()
             seconds = time.perf_counter() - t0
-            local_mean = torch.tensor([(s.loss_sum + loss_sum.item()) / batches.steps], device=self.device)
+            local_mean = torch.tensor([(s.loss_sum + loss_sum.item()) / batches.steps], device=self.device,
+                                      dtype=torch.float64)
             loss_mean = all_gather_cat(local_mean).mean().item()
             metrics = {"loss": loss_mean, "lr": cfg.lr_at(epoch),
                        "img_per_s": seen * cfg.batch_size / max(seconds, 1e-9), **s.epoch_stats}
@@ -371,22 +423,6 @@ class Trainer:
                 self.logger.log_epoch(s.epoch, metrics)
             barrier()
         return PretrainResult(s.epoch, s.history, self.summary())
-
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        """Stop every rank at once when any rank's loss is not finite; nothing is saved or exported."""
-        ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
-        if self.dist.enabled:
-            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-        if ok.item():
-            return
-        cfg, section = self.cfg, self.method.section
-        hints = [f"{section}.lr = {cfg.lr_at(epoch):g} may be too high", f"augment.std = {list(self.aug.std)}",
-                 f"augment.mean = {list(self.aug.mean)}", *self.method.loss_hints()]
-        raise UserError(
-            f"{self.method.name} training stopped: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-            f"(global step {self.state.global_step + 1}). Nothing was exported; the last checkpoint is from before "
-            f"this step. Check {'; '.join(hints)}."
-        )
 
     def _replay_history(self) -> None:
         """Send the curves so far to the logger: the kNN before training at epoch 0 (the warm

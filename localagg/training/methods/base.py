@@ -14,7 +14,7 @@ with the running `Trainer` (`run`: its `model`, `dist`, `device`, `num_items`, `
     trainable(model)               the module the optimiser trains (default: the model)
     begin(run)                     a fresh run's start (not a resume): {extra summary values}
     begin_epoch(run, epoch)        before an epoch's first step: {statistics of the epoch}
-    loss(out, labels, idx, g)      the step's loss from the trainable's output
+    loss(out, labels, idx, seed)   the step's loss from the trainable's output (seed: the step's, for draws)
     after_step(out, idx)           after the optimiser step (the bank update)
     monitor(run)                   the kNN top-1 of the held-out split, or None
     state_dict() / load_state_dict(state)   what a checkpoint carries besides model and optimiser
@@ -69,7 +69,7 @@ class Method:
     def begin_epoch(self, run, epoch: int) -> dict[str, float]:
         return {}
 
-    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:
         raise NotImplementedError
 
     def after_step(self, out: torch.Tensor, idx: torch.Tensor) -> None:
@@ -108,7 +108,7 @@ class BankMethod(Method):
     def setup(self, run) -> None:
         cfg = self.cfg
         self.bank = MemoryBank(run.num_items, run.model.embedding_dim, cfg.bank_momentum, cfg.bank_normalize_init,
-                               generator=torch.Generator().manual_seed(cfg.seed), device=run.device)
+                               generator=torch.Generator().manual_seed(cfg.seed), device=run.device).to(run.dtype)
 
     def check_warm_start(self, export: dict, path) -> None:
         if export.get("bank") is None or export.get("dataset") is None:
@@ -133,7 +133,8 @@ class BankMethod(Method):
         return out
 
     def after_step(self, out: torch.Tensor, idx: torch.Tensor) -> None:
-        self.bank.update(all_gather_cat(idx), all_gather_cat(out.detach().float()))
+        # the global batch is a slice of a permutation: its indices are distinct
+        self.bank.update(all_gather_cat(idx), all_gather_cat(out.detach().to(self.bank.memory.dtype)), distinct=True)
 
     def monitor(self, run) -> float | None:
         """kNN top-1 (%) of the held-out split's fresh embeddings against the bank."""

@@ -4,8 +4,8 @@ memory bank rows are the class weights (objectives/instance_recognition.py has t
     L = NCE(v, bank[i], K noise rows)      K = num_negatives > 0, Z fixed after the first batch
     L = cross_entropy(v bank^T / tau, i)   K = 0, the full softmax
 
-Under DDP the noise rows are drawn for the global batch from the step's generator and each
-rank takes its slice, so W processes draw what one process draws.
+Under DDP the noise rows are drawn for the global batch, on the device, from a generator
+seeded by the step, and each rank takes its slice, so W processes draw what one process draws.
 """
 
 from __future__ import annotations
@@ -41,13 +41,14 @@ class InstanceRecognition(BankMethod):
         self.criterion = InstanceRecognitionLoss(run.num_items, cfg.num_negatives, cfg.temperature,
                                                  normalizer_per_item=cfg.nce_z_per_image).to(run.device)
 
-    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        emb = out.float()
+    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:
+        emb = out.to(self.bank.memory.dtype)  # float32 (float64 in float64 runs) under autocast too
         noise = None
         if self.cfg.num_negatives > 0:
             B, b = self.cfg.batch_size, emb.shape[0]
-            all_noise = torch.randint(0, self.num_items, (B, self.cfg.num_negatives), generator=g)  # (B, K)
-            noise = all_noise[self.rank * b : (self.rank + 1) * b].to(emb.device)  # this rank's (b, K)
+            g = torch.Generator(device=emb.device).manual_seed(step_seed)
+            all_noise = torch.randint(0, self.num_items, (B, self.cfg.num_negatives), generator=g, device=emb.device)
+            noise = all_noise[self.rank * b : (self.rank + 1) * b]  # (b, K): this rank's rows of the global (B, K)
         return self.criterion(emb, idx, self.bank.memory, noise_indices=noise)
 
     def state_dict(self) -> dict[str, Any]:

@@ -63,8 +63,8 @@ class LocalAggregation(BankMethod):
         self.cluster_labels = broadcast(labels)
         return stats
 
-    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return local_aggregation_loss(out.float(), idx, self.bank.memory, self.cluster_labels, k=self.cfg.k,
+    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:
+        return local_aggregation_loss(out.to(self.bank.memory.dtype), idx, self.bank.memory, self.cluster_labels, k=self.cfg.k,
                                       temperature=self.cfg.temperature)
 
     def state_dict(self) -> dict[str, Any]:

@@ -67,11 +67,14 @@ class Supervised(Method):
     cfg: SupervisedConfig
 
     def trainable(self, model: EmbeddingNet) -> nn.Module:
+        """The backbone and a linear classifier; the embedding head is frozen (this loss never
+        reads it, and DDP refuses parameters that get no gradient)."""
+        model.head.requires_grad_(False)
         self.net = SupervisedNet(model, self.num_classes)
         return self.net
 
     def setup(self, run) -> None:
-        self.num_classes = run.num_classes
+        self.num_classes, self.dtype = run.num_classes, run.dtype
 
     def begin(self, run) -> dict[str, Any]:
         """kNN of the untrained network's embeddings before training."""
@@ -83,8 +86,8 @@ class Supervised(Method):
         return {"knn_top1_init": knn_top1(run.embed(run.val), run.val.labels, initial, run.train.labels,
                                           run.num_classes, self.cfg.knn_k, self.cfg.knn_temperature)}
 
-    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return F.cross_entropy(out.float(), labels.to(out.device))
+    def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:
+        return F.cross_entropy(out.to(self.dtype), labels.to(out.device, non_blocking=True))
 
     def monitor(self, run) -> float | None:
         """kNN top-1 (%) of the held-out split's pooled conv5 against the training split's."""
