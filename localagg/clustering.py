@@ -161,12 +161,31 @@ def cluster_statistics(labels: np.ndarray, true_labels: np.ndarray | None = None
             raise UserError(
                 f"true_labels has shape {true_labels.shape}, expected ({labels.shape[1]},) to match labels"
             )
-    per_clustering = [_one_clustering(pred, true_labels) for pred in labels]
-    result: dict = {"num_clusterings": float(labels.shape[0]), "num_points": float(labels.shape[1])}
+    return _summary([_one_clustering(pred, true_labels) for pred in labels], labels.shape[1])
+
+
+def _summary(per_clustering: list[dict], num_points: int) -> dict:
+    result: dict = {"num_clusterings": float(len(per_clustering)), "num_points": float(num_points)}
     for key in per_clustering[0]:
         result[key] = statistics.fmean(stats[key] for stats in per_clustering)
     result["per_clustering"] = per_clustering
     return result
+
+
+def sharded_statistics(labels, true_labels: np.ndarray | None, dist) -> dict:
+    """`cluster_statistics` of (H, N) labels (a tensor, the same on every rank), clustering h
+    computed on rank h mod W and the results gathered on every rank (`dist`: a DistInfo)."""
+    import torch.distributed as tdist
+
+    labels = labels.cpu().numpy().astype(np.int64, copy=False)
+    mine = {h: _one_clustering(labels[h], true_labels) for h in range(dist.rank, labels.shape[0], dist.world_size)}
+    if dist.enabled:
+        parts: list = [None] * dist.world_size
+        tdist.all_gather_object(parts, mine)
+        mine = {h: stats for part in parts for h, stats in part.items()}
+    return _summary([mine[h] for h in range(labels.shape[0])], labels.shape[1])
+
+
 
 
 def cluster_gallery(cluster_labels: np.ndarray, true_labels: np.ndarray, clusters: int = 6, members: int = 8,

@@ -134,6 +134,9 @@ class KnnParams(Section):
 
     k: int = Field(200, ge=1)
     temperature: float = Field(0.07, gt=0)
+    pixel_size: Optional[int] = Field(
+        32, ge=4, description="the raw-pixel baseline's kNN reads each image at this side (3 x side^2 values; "
+                              "null: the crop size). Fixed, so its memory does not grow with the crop (224: 150,528 per image)")
 
 
 def _seeds_field(stage: str):

@@ -38,7 +38,8 @@ def run(model: str, dataset: str, params: Path) -> dict:
     from localagg.evaluation import views
     from localagg.knn import knn_top1
     from localagg.evaluation.linear import train_linear_readouts
-    from localagg.evaluation.transfer import knn_eval, load_backbone, open_readout_split, pixel_knn
+    from localagg.evaluation.transfer import (knn_eval, load_backbone, network_space_fn, open_readout_split,
+                                              pixel_space_fn)
     from localagg.models.backbone import RawPixels
     from localagg.runtime.checkpoint import load_export
 
@@ -82,26 +83,27 @@ def run(model: str, dataset: str, params: Path) -> dict:
         for logger in loggers.values():
             logger.close()
         shared = result["knn_features"]  # the readout's cached forwards, when their geometry is kNN's
+        pixel_size = p.knn.pixel_size or aug.crop_size
         if shared is not None and (readout.resize, readout.crop_size) == (aug.crop_size, aug.crop_size) \
-                and info["kind"] == "arrays":
+                and info["kind"] == "arrays" and (model != PIXELS or pixel_size == aug.crop_size):
             knn = {space: knn_top1(shared["val"][space], val_split.labels, shared["train"][space], train_split.labels,
                                    len(classes), p.knn.k, p.knn.temperature) for space in shared["val"]}
             features = {split: shared[split][PIXELS if model == PIXELS else "embedding"] for split in ("train", "val")}
+            shown = ({"retrieval": views.retrieval(features["train"], features["val"], val_split.labels),
+                      "map": views.embedding_map(features["val"])} if dataset == VIEWS_ROLE else {})
         else:
             knn_train = open_split(data_dir, "train", crop_size=aug.crop_size)
             knn_val = open_split(data_dir, "val", crop_size=aug.crop_size)
-            knn_args = dict(k=p.knn.k, temperature=p.knn.temperature, augment_spec=aug,
-                            num_workers=readout.num_workers, return_features=dataset == VIEWS_ROLE)
-            knn = (pixel_knn(knn_train, knn_val, len(classes), **knn_args) if model == PIXELS else
-                   knn_eval(backbone, knn_train, knn_val, len(classes), device=readout.device, **knn_args))
-            features = knn.pop("features", None)
-        shown = {}
-        if dataset == VIEWS_ROLE:
-            shown = {"retrieval": views.retrieval(features["train"], features["val"], val_split.labels),
-                     "map": views.embedding_map(features["val"])}
+            space_fn = (pixel_space_fn(aug, pixel_size) if model == PIXELS
+                        else network_space_fn(backbone, aug, readout.device))
+            found = knn_eval(space_fn, knn_train, knn_val, len(classes), p.knn.k, p.knn.temperature,
+                             device=readout.device, num_workers=readout.num_workers, views=dataset == VIEWS_ROLE)
+            knn = found["knn"]
+            shown = ({"retrieval": found["retrieval"], "map": views.embedding_map(found["map_features"])}
+                     if dataset == VIEWS_ROLE else {})
     protocol = {"dataset": info["name"], "train_images": info["splits"]["train"], "val_images": info["splits"]["val"],
                 "readout": readout.model_dump(mode="json", exclude={"seed", "device", "num_workers"}),
-                "knn": p.knn.model_dump(mode="json")}
+                "knn": {**p.knn.model_dump(mode="json"), "pixel_size": pixel_size if model == PIXELS else None}}
     runs = [{"seed": r["seed"], "linear": r["layers"], "per_class": r["per_class"]} for r in result["runs"]]
     record = {"model": model, "dataset": dataset, "dataset_name": info["name"],
               "arch": model_cfg.arch if model_cfg is not None else "none",

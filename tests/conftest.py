@@ -62,3 +62,27 @@ class CodeRunningPickle:
         from pathlib import Path
 
         return (Path.touch, (Path(self.marker),))
+
+
+class LazyImages:
+    """n grey-ish uint8 images (3, size, size) made from their index when asked (nothing held
+    but the labels), in the `ArrayImages.batch` interface: memory tests at N and 4N."""
+
+    def __init__(self, n: int, size: int = 16, num_classes: int = 4, seed: int = 0):
+        import torch
+
+        self.n, self.size, self.seed = n, size, seed
+        self.labels = torch.arange(n) % num_classes
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, indices):
+        import torch
+
+        out = torch.empty(len(indices), 3, self.size, self.size, dtype=torch.uint8)
+        for row, i in enumerate(indices.tolist()):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            out[row] = torch.randint(0, 256, (1, self.size, self.size), generator=g, dtype=torch.uint8)
+            out[row, :, : self.size // 2] //= 1 + int(self.labels[i])  # some class structure
+        return out, self.labels[indices], indices

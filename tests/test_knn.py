@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from localagg.data.augment import AugmentSpec, evaluate_transform
 from localagg.data.datasets import ArrayImages
 from localagg.knn import knn_scores, knn_top1
-from localagg.evaluation.transfer import knn_eval
+from localagg.evaluation.transfer import knn_eval, network_space_fn
 from localagg.models.backbone import EmbeddingNet
 
 
@@ -53,7 +55,8 @@ def test_knn_eval_scores_the_embedding_and_the_normalised_pooled_conv5():
     torch.manual_seed(0)
     model = EmbeddingNet("resnet18", "imagenet", 8)
     spec = AugmentSpec(crop_size=32)
-    got = knn_eval(model, train, val, 4, k=5, temperature=0.1, augment_spec=spec, batch_size=10, device="cpu")
+    got = knn_eval(network_space_fn(model, spec, "cpu"), train, val, 4, k=5, temperature=0.1, batch_size=10,
+                   device="cpu")["knn"]
 
     with torch.no_grad():
         def feats(ds):
@@ -64,3 +67,86 @@ def test_knn_eval_scores_the_embedding_and_the_normalised_pooled_conv5():
     assert got["embedding"] == pytest.approx(knn_top1(ve, val.labels, te, train.labels, 4, k=5, temperature=0.1))
     assert got["conv5"] == pytest.approx(knn_top1(vc, val.labels, tc, train.labels, 4, k=5, temperature=0.1))
     assert set(got) == {"embedding", "conv5"}
+
+
+def test_the_running_top_k_over_chunks_equals_the_top_k_of_the_whole_bank(monkeypatch):
+    """Fed in uneven batches, merged in small blocks, in float64: the same neighbours and
+    similarities as one dense product of the whole bank."""
+    import localagg.knn as knn
+
+    monkeypatch.setattr(knn, "BANK_CHUNK", 37)
+    g = torch.Generator().manual_seed(0)
+    queries = F.normalize(torch.randn(50, 16, generator=g, dtype=torch.float64), dim=1)
+    bank = F.normalize(torch.randn(500, 16, generator=g, dtype=torch.float64), dim=1)
+    expected_v, expected_i = (queries @ bank.T).topk(20, dim=1)
+    top = knn.TopK(queries, 20, query_chunk=7)
+    start = 0
+    for size in (1, 60, 3, 200, 236):
+        top.feed(bank[start : start + size], start)
+        start += size
+    top.flush()
+    assert torch.equal(top.indices, expected_i)
+    torch.testing.assert_close(top.values, expected_v, rtol=0, atol=64 * torch.finfo(torch.float64).eps)
+    labels = torch.arange(500) % 3
+    expected_scores = torch.zeros(50, 3, dtype=torch.float64).scatter_add_(1, labels[expected_i], (expected_v / 0.1).exp())
+    torch.testing.assert_close(top.scores(labels, 3, 0.1), expected_scores, rtol=1e-12, atol=0)
+
+
+def _merge_worker(rank, port, queries, bank, out):
+    import os
+
+    import localagg.knn as knn
+    from localagg.runtime.distributed import shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        part = shard(bank.shape[0], rank, 2)
+        top = knn.TopK(queries, 20)
+        top.feed(bank[part.start : part.stop], part.start)
+        top.merge()
+        torch.save({"values": top.values, "indices": top.indices}, out / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_each_scanning_half_the_bank_merge_to_the_whole_banks_top_k(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(1)
+    queries = F.normalize(torch.randn(30, 8, generator=g, dtype=torch.float64), dim=1)
+    bank = F.normalize(torch.randn(301, 8, generator=g, dtype=torch.float64), dim=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_merge_worker, args=(port, queries, bank, tmp_path), nprocs=2, join=True)
+    expected_v, expected_i = (queries @ bank.T).topk(20, dim=1)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(got["indices"], expected_i)
+        torch.testing.assert_close(got["values"], expected_v, rtol=0, atol=64 * torch.finfo(torch.float64).eps)
+
+
+@pytest.mark.parametrize("kind, n", [("knn_eval_network", 2048), ("knn_eval_pixels", 8192),
+                                     ("supervised_monitor", 4096)])
+def test_peak_memory_of_the_streamed_knn_is_flat_in_the_training_set_size(kind, n):
+    """Measured in fresh processes at N and 4N (tests/memory_probe.py): the pass adds the same
+    peak memory at both, where holding the training features would add (4N - N) x D x 4 bytes,
+    asserted far above the margin so that the test can fail."""
+    import subprocess
+    import sys
+
+    from .memory_probe import FEATURE_DIMS
+
+    def peak(size: int) -> int:
+        out = subprocess.run([sys.executable, "-m", "tests.memory_probe", kind, str(size)], capture_output=True,
+                             text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    small, large = peak(n), peak(4 * n)
+    margin = 4 * 2**20
+    assert large - small < margin, (small, large)
+    assert 3 * n * FEATURE_DIMS[kind] * 4 > 3 * margin

@@ -12,7 +12,7 @@ from localagg.data.datasets import ArrayImages, FileImages, file_transform
 from localagg.errors import UserError
 from localagg.evaluation.linear import (LayerReadout, LinearReadoutConfig, pooled_dim, train_linear_readout,
                                        train_linear_readouts)
-from localagg.evaluation.transfer import knn_eval, load_backbone, pixel_knn
+from localagg.evaluation.transfer import knn_eval, load_backbone, network_space_fn, pixel_space_fn
 from localagg.models.backbone import READOUT_LAYERS, EmbeddingNet, RawPixels
 from localagg.runtime import checkpoint as ckpt
 from localagg.models.config import ModelConfig
@@ -216,13 +216,17 @@ def test_seeds_share_the_backbone_and_each_equals_its_own_run():
 
 
 def test_knn_features_of_the_readout_cache_are_knn_evals():
+    """The transfer stage's two kNN paths: the readout's cached forwards, and knn_eval's own
+    streamed pass, see the same features and give the same neighbours."""
     train, val = intensity_classes(32, noise=60.0), intensity_classes(8, noise=60.0, seed=1)
     spec = AugmentSpec(crop_size=SIZE)
     cfg = config(crop_size=SIZE, eval_resize=SIZE, train_augment="none", cache_features=True, ten_crop=False)
     cached = train_linear_readouts(tiny_model(), train, val, 4, cfg, spec, seeds=[0])["knn_features"]
-    direct = knn_eval(tiny_model(), train, val, 4, k=5, augment_spec=spec, device="cpu", return_features=True)
-    torch.testing.assert_close(cached["val"]["embedding"], direct["features"]["val"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(cached["train"]["embedding"], direct["features"]["train"], rtol=1e-5, atol=1e-6)
+    direct = knn_eval(network_space_fn(tiny_model(), spec, "cpu"), train, val, 4, k=5, device="cpu", views=True)
+    torch.testing.assert_close(cached["val"]["embedding"], direct["map_features"], rtol=1e-5, atol=1e-6)
+    from localagg.evaluation.views import retrieval
+
+    assert retrieval(cached["train"]["embedding"], cached["val"]["embedding"], val.labels) == direct["retrieval"]
 
 
 def test_the_raw_pixel_baseline_reads_out_the_normalised_input(tiny_data):
@@ -233,7 +237,7 @@ def test_the_raw_pixel_baseline_reads_out_the_normalised_input(tiny_data):
     cfg = config(layers=["pixels"], epochs=10, train_augment="none", cache_features=True, ten_crop=False)
     result = train_linear_readout(RawPixels(), train, val, 4, cfg, SPEC)
     assert result["feature_dims"] == {"pixels": 3 * 28 * 28} and result["layers"]["pixels"]["top1"] >= 75.0
-    knn = pixel_knn(train, val, 4, k=5, augment_spec=SPEC)
+    knn = knn_eval(pixel_space_fn(SPEC, 28), train, val, 4, k=5, device="cpu")["knn"]
     assert set(knn) == {"pixels"} and knn["pixels"] >= 75.0
     with pytest.raises(UserError, match="only the layer 'pixels'"):
         RawPixels().features(torch.zeros(1, 3, 8, 8), ["conv1"])

@@ -146,7 +146,8 @@ def sup_cfg(**kw):
     return SupervisedConfig(**{**COMMON, "epochs": 2, **kw})
 
 
-CFG = {"ir": ir_cfg, "la": la_cfg, "supervised": sup_cfg}
+CFG = {"ir": ir_cfg, "la": la_cfg, "la-torch-kmeans": lambda **kw: la_cfg(kmeans_backend="torch", **kw),
+       "supervised": sup_cfg}
 
 
 def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out, extra=None):
@@ -155,12 +156,12 @@ def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out, extra=No
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         cfg = CFG[kind](**DDP_KW, num_processes=world, **(extra or {}))
-        init = out / "ir.pt" if kind == "la" else None
-        t = make_trainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init,
+        init = out / "ir.pt" if kind.startswith("la") else None
+        t = make_trainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init, val_dir=data,
                          dist=DistInfo(rank, world, rank, torch.device("cpu")))
         t.run()
         bank = t.method.bank.memory if hasattr(t.method, "bank") else None
-        torch.save({"model": t.trainable.state_dict(), "bank": bank, "history": t.state.history},
+        torch.save({"model": t.trainable.state_dict(), "bank": bank, "history": t.state.history, "extra": t.state.extra},
                    out / f"ddp_{kind}_rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -179,17 +180,20 @@ def _max_difference(a: dict, b: dict) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["ir", "la", "supervised"])
+@pytest.mark.parametrize("kind", ["ir", "la", "la-torch-kmeans", "supervised"])
 def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
     """Every trainable stage: 2 processes (gloo, DDP) end where one process with batch norm
     over each half of the batch ends (what two devices with per-device batch norm compute),
-    in float64, and not where a process with batch norm over the whole batch ends."""
-    if kind == "la":
+    in float64, and not where a process with batch norm over the whole batch ends. The kNN
+    monitors (each rank embeds its shard) and the k-means (faiss on rank 0, or torch sharded)
+    give the same numbers too."""
+    if kind.startswith("la"):
         ir = make_trainer(ir_cfg(epochs=1, float64=True), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
         ir.run()
         ir.export(tmp_path / "ir.pt")
-    init = tmp_path / "ir.pt" if kind == "la" else None
-    single = make_trainer(CFG[kind](**DDP_KW, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "one", init_from=init)
+    init = tmp_path / "ir.pt" if kind.startswith("la") else None
+    single = make_trainer(CFG[kind](**DDP_KW, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "one", init_from=init,
+                          val_dir=tiny_data)
     single.run()
     mp.spawn(_ddp_worker, args=(2, _free_port(), kind, tiny_data, tmp_path), nprocs=2, join=True)
     r0 = torch.load(tmp_path / f"ddp_{kind}_rank0.pt")
@@ -201,6 +205,13 @@ def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
     _assert_states_close(r1["model"], {k: r0["model"][k] for k in expected}, atol=0, rtol=0)  # one model
     assert [h["loss"] for h in r0["history"]] == pytest.approx([h["loss"] for h in single.state.history],
                                                                 rel=TOL["rtol"], abs=TOL["atol"])
+    # the monitors split over the ranks evaluate one network (rank 0's batch-norm statistics):
+    # both ranks report the same kNN, and before training it is the single process's
+    assert [h["knn_top1"] for h in r1["history"]] == [h["knn_top1"] for h in r0["history"]]
+    assert r0["extra"] == single.state.extra
+    if kind.startswith("la"):
+        assert [h["cluster_nmi"] for h in r0["history"]] == pytest.approx(
+            [h["cluster_nmi"] for h in single.state.history], rel=TOL["rtol"], abs=TOL["atol"])
     if kind != "supervised":
         assert torch.equal(r0["bank"], r1["bank"]), "bank replicas diverged"
         torch.testing.assert_close(r0["bank"], single.method.bank.memory, **TOL)
@@ -215,13 +226,15 @@ def test_sync_bn_pretraining_on_two_gloo_processes_follows_one_process_with_the_
     with sync_bn end where one process with batch norm over all 16 images ends (float64), not
     where per-device batch norm (8 images each) ends."""
     kw = {"batch_size": 16}
-    single = make_trainer(ir_cfg(**DDP_KW, **kw), MODEL, AUG, tiny_data, tmp_path / "one")
+    single = make_trainer(ir_cfg(**DDP_KW, **kw), MODEL, AUG, tiny_data, tmp_path / "one", val_dir=tiny_data)
     single.run()
     mp.spawn(_ddp_worker, args=(2, _free_port(), "ir", tiny_data, tmp_path, {"sync_bn": True, **kw}), nprocs=2,
              join=True)
     r0, r1 = torch.load(tmp_path / "ddp_ir_rank0.pt"), torch.load(tmp_path / "ddp_ir_rank1.pt")
     _assert_states_close(r1["model"], r0["model"], atol=0, rtol=0)
-    _assert_states_close(r0["model"], single.trainable.state_dict(), **TOL)
+    _assert_states_close(r0["model"], single.trainable.state_dict(), **TOL)  # running statistics included
+    # the kNN monitor, each rank embedding its shard of the held-out split, as one process's
+    assert [h["knn_top1"] for h in r0["history"]] == [h["knn_top1"] for h in single.state.history]
     grouped = make_trainer(ir_cfg(**DDP_KW, **kw, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "grouped")
     grouped.run()
     assert _max_difference(grouped.trainable.state_dict(), single.trainable.state_dict()) > 1e4 * TOL["atol"]

@@ -40,6 +40,8 @@ class TrainingConfig(StepSchedule, _Config):
     knn_every_epochs: int = Field(1, ge=1, description="the kNN monitor runs after every this many epochs and the last")
     checkpoint_every_steps: int = Field(0, ge=0, description="extra checkpoints within an epoch (0 = at epoch ends only)")
     num_processes: int = Field(1, ge=1, description="processes on this machine (torchrun --nproc_per_node)")
+    collective_timeout_s: int = Field(1800, ge=1, description="a rank that waits longer than this in a collective "
+                                                              "stops the run with an error instead of hanging")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "on", "off"] = Field("auto", description="bfloat16 autocast; auto = on for CUDA")
     float64: bool = Field(False, description="compute in float64 (model, bank, losses): for checks that two code "

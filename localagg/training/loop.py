@@ -42,7 +42,9 @@ from ..models.batchnorm import set_bn_groups, set_sync_bn
 from ..models.config import ModelConfig
 from ..progress import Clock, duration, track
 from ..runtime import checkpoint as ckpt
-from ..runtime.distributed import DistInfo, all_gather_cat, barrier, init_distributed
+from ..knn import TopK, correct_count, knn_scores
+from ..runtime.distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, broadcast, gather_rows,
+                                   init_distributed)
 from .batches import BatchSampler, GlobalBatches, init_worker
 from .methods.base import Method
 
@@ -52,7 +54,7 @@ GUARD_EVERY_STEPS = 50  # the finite-loss guard reads the device this often (and
 # config keys that change how a run goes (processes, threads, logging, checkpoints, the kNN
 # monitor's rhythm), not what it trains: left out of the resume match and the protocol
 RUN_ONLY_KEYS = frozenset({"num_processes", "num_workers", "threads", "checkpoint_every_steps", "log_every_steps",
-                           "knn_every_epochs"})
+                           "knn_every_epochs", "collective_timeout_s"})
 log = logging.getLogger(__name__)
 
 
@@ -152,7 +154,7 @@ class Trainer:
     ):
         self.method, self.cfg, self.model_cfg, self.aug = method, method.cfg, model_cfg, aug
         cfg = self.cfg
-        self.dist = dist or init_distributed(cfg.device)
+        self.dist = dist or init_distributed(cfg.device, cfg.collective_timeout_s)
         self.device = self.dist.device
         self.ckpt_dir = Path(checkpoint_dir)
         self.logger = logger
@@ -300,24 +302,71 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @torch.no_grad()
-    def embed(self, ds, batch_size: int = 512, pooled: bool = False) -> torch.Tensor:
-        """Eval-mode embeddings (N, D) of a dataset, in index order (L2-normalised pooled
-        conv5 features (N, C) when `pooled`)."""
+    def embed_batches(self, ds, batch_size: int = 512, pooled: bool = False):
+        """(first index, eval-mode embeddings (b, D)) of this rank's shard of `ds`, batch by batch
+        (L2-normalised pooled conv5 (b, C) when `pooled`)."""
+        part = self.dist.shard(len(ds))
+        self._share_buffers()
         self.model.eval()
-        out = []
-        if isinstance(ds, ArrayImages):
-            batches = (ds.batch(torch.arange(s, min(s + batch_size, len(ds)))) for s in range(0, len(ds), batch_size))
-        else:
-            batches = iter(DataLoader(ds, batch_size=batch_size, num_workers=self.cfg.num_workers))
-        for x, _, _ in track(batches, "embedding", total=-(-len(ds) // batch_size)):
-            x = augment.evaluate_transform(x.to(self.device), self.aug).to(self.dtype)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                out.append(F.normalize(self.model.pooled(x).to(self.dtype), dim=1) if pooled
+        try:
+            if isinstance(ds, ArrayImages):
+                batches = (ds.batch(torch.arange(s, min(s + batch_size, part.stop)))
+                           for s in range(part.start, part.stop, batch_size))
+            else:
+                batches = iter(DataLoader(torch.utils.data.Subset(ds, part), batch_size=batch_size,
+                                          num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda"))
+            first = part.start
+            for x, _, _ in track(batches, "embedding", total=-(-len(part) // batch_size), enabled=self.dist.is_main):
+                x = augment.evaluate_transform(x.to(self.device, non_blocking=True), self.aug).to(self.dtype)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    out = (F.normalize(self.model.pooled(x).to(self.dtype), dim=1) if pooled
                            else self.model(x).to(self.dtype))
-        self.model.train()
-        return torch.cat(out)
+                yield first, out
+                first += out.shape[0]
+        finally:
+            self.model.train()
+
+    def _share_buffers(self) -> None:
+        """Rank 0's batch-norm running statistics on every rank, so that an evaluation pass split
+        over the ranks evaluates one network (with per-device batch norm each rank has updated
+        its own; DDP would broadcast rank 0's at the next forward)."""
+        if self.dist.enabled:
+            for buffer in self.model.buffers():
+                broadcast(buffer)
+
+    def embed(self, ds, batch_size: int = 512, pooled: bool = False) -> torch.Tensor:
+        """Eval-mode embeddings (N, D) of a dataset, in index order, on every rank: each rank
+        embeds its shard and the shards are gathered (`embed_batches` for the rest)."""
+        parts = [out for _, out in self.embed_batches(ds, batch_size, pooled)]
+        mine = torch.cat(parts) if parts else torch.empty(0, device=self.device, dtype=self.dtype)
+        return gather_rows(mine, len(ds))
+
+    def knn_top1(self, query_ds, bank: torch.Tensor, bank_labels: torch.Tensor, pooled: bool = False) -> float:
+        """kNN top-1 (%) of `query_ds`'s embeddings against a bank held by every rank (the
+        memory bank): each rank classifies its shard of the queries, the hits are summed."""
+        cfg = self.cfg
+        hits, seen = 0, 0
+        queries = [out for _, out in self.embed_batches(query_ds, pooled=pooled)]
+        part = self.dist.shard(len(query_ds))
+        if queries:
+            scores = knn_scores(torch.cat(queries), bank, bank_labels, self.num_classes, cfg.knn_k, cfg.knn_temperature)
+            hits, seen = correct_count(scores, query_ds.labels[part.start : part.stop]), len(part)
+        counts = all_reduce_sum(torch.tensor([hits, seen], dtype=torch.float64, device=self.device))
+        return 100.0 * counts[0].item() / counts[1].item()
+
+    def knn_top1_streamed(self, query_ds, bank_ds, pooled: bool = False) -> float:
+        """kNN top-1 (%) of `query_ds` against the embeddings of `bank_ds`, which are never held
+        at once: every rank keeps a running top-k of all queries over its shard of `bank_ds`,
+        and the ranks' top-k are merged. Memory O(Q k + Q BANK_CHUNK), flat in len(bank_ds)."""
+        cfg = self.cfg
+        top = TopK(self.embed(query_ds, pooled=pooled), min(cfg.knn_k, len(bank_ds)))
+        for first, rows in self.embed_batches(bank_ds, pooled=pooled):
+            top.feed(rows, first)
+        top.merge()
+        scores = top.scores(bank_ds.labels, self.num_classes, cfg.knn_temperature)
+        return 100.0 * correct_count(scores, query_ds.labels) / len(query_ds)
 
     # ------------------------------------------------------------------ the loop
 
@@ -406,7 +455,7 @@ class Trainer:
             metrics = {"loss": loss_mean, "lr": cfg.lr_at(epoch),
                        "img_per_s": seen * cfg.batch_size / max(seconds, 1e-9), **s.epoch_stats}
             monitor = (epoch + 1) % cfg.knn_every_epochs == 0 or epoch + 1 == cfg.epochs
-            knn = method.monitor(self) if dist.is_main and monitor else None
+            knn = method.monitor(self) if monitor else None  # every rank takes part
             if knn is not None:
                 metrics["knn_top1"] = knn
             # this epoch's SGD steps (since the resume, if it resumed mid-epoch) + the epoch start + kNN monitor

@@ -5,7 +5,8 @@ The loop owns the model, the optimiser, the data order, the schedule, AMP, DDP, 
 finite-loss guard, checkpoints and logging, and knows no method by name. A method owns its
 objective and its state, and answers the loop's questions through these hooks, each called
 with the running `Trainer` (`run`: its `model`, `dist`, `device`, `num_items`, `train`,
-`train_eval`, `val`, `num_classes`, `init_from` and `embed`):
+`train_eval`, `val`, `num_classes`, `init_from`, and its sharded passes `embed`, `knn_top1`
+and `knn_top1_streamed`, which every rank calls together):
 
     setup(run)                     build the state (bank, loss modules) once the model exists
     size_limits()                  {key: value} of the section that must not exceed N
@@ -16,7 +17,7 @@ with the running `Trainer` (`run`: its `model`, `dist`, `device`, `num_items`, `
     begin_epoch(run, epoch)        before an epoch's first step: {statistics of the epoch}
     loss(out, labels, idx, seed)   the step's loss from the trainable's output (seed: the step's, for draws)
     after_step(out, idx)           after the optimiser step (the bank update)
-    monitor(run)                   the kNN top-1 of the held-out split, or None
+    monitor(run)                   the kNN top-1 of the held-out split, or None (every rank calls it)
     state_dict() / load_state_dict(state)   what a checkpoint carries besides model and optimiser
     export_fields()                the export's method-specific entries (bank, classifier)
     loss_hints()                   params to check when the loss is not finite
@@ -33,9 +34,8 @@ import torch
 import torch.nn as nn
 
 from ...errors import UserError
-from ...knn import knn_top1
 from ...memory_bank import MemoryBank
-from ...runtime.distributed import all_gather_cat, broadcast
+from ...runtime.distributed import all_gather_cat
 from ..config import TrainingConfig
 
 
@@ -119,17 +119,17 @@ class BankMethod(Method):
         self.bank.memory.copy_(export["bank"].to(run.device))
 
     def begin(self, run) -> dict[str, Any]:
-        """kNN before training; `bank_init: features` fills the bank from the initial network."""
+        """kNN before training; `bank_init: features` fills the bank from the initial network
+        (every rank embeds its shard and gathers the rest, so the replicas start equal)."""
         cfg = self.cfg
         if run.init_from is not None:
-            return {"knn_top1_init": self.monitor(run)} if run.dist.is_main else {}
+            return {"knn_top1_init": self.monitor(run)}
         out = {}
         initial = run.embed(run.train_eval) if (cfg.bank_init == "features" or run.val is not None) else None
-        if run.val is not None and run.dist.is_main:
-            out["knn_top1_init"] = knn_top1(run.embed(run.val), run.val.labels, initial, run.train.labels,
-                                            run.num_classes, cfg.knn_k, cfg.knn_temperature)
+        if run.val is not None:
+            out["knn_top1_init"] = run.knn_top1(run.val, initial, run.train.labels)
         if cfg.bank_init == "features":
-            self.bank.memory.copy_(broadcast(initial.to(run.device)))
+            self.bank.memory.copy_(initial)
         return out
 
     def after_step(self, out: torch.Tensor, idx: torch.Tensor) -> None:
@@ -140,9 +140,7 @@ class BankMethod(Method):
         """kNN top-1 (%) of the held-out split's fresh embeddings against the bank."""
         if run.val is None:
             return None
-        bank = self.bank.memory
-        return knn_top1(run.embed(run.val), run.val.labels, bank, run.train.labels.to(bank.device), run.num_classes,
-                        k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
+        return run.knn_top1(run.val, self.bank.memory, run.train.labels)
 
     def state_dict(self) -> dict[str, Any]:
         return {"bank": self.bank.memory.cpu()}

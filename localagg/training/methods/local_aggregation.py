@@ -6,13 +6,17 @@
     L_i = -log( sum_{B_i ∩ C_i} exp(v_i . v_j / tau) / sum_{B_i} exp(v_i . v_j / tau) )
 
 The bank is re-clustered at the start of every epoch (H k-means of m clusters, seeds
-kmeans_seed + h) on rank 0 and the labels are broadcast.
+kmeans_seed + h). `kmeans_backend`: torch (localagg.kmeans: every rank assigns its shard of
+the bank, sums are all-reduced; the GPU path, seconds per clustering at the paper's size) or
+faiss (faiss's k-means on rank 0, labels broadcast: the CPU path, bit-reproducible); auto =
+torch on CUDA, faiss on the CPU. The cluster statistics of clustering h are computed on rank
+h mod W and gathered, so no rank works alone while the others wait.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -31,6 +35,8 @@ class LAConfig(TrainingConfig):
     num_clusters: int = Field(30000, ge=2, description="m: clusters per k-means")
     kmeans_iterations: int = Field(20, ge=1)
     kmeans_seed: int = Field(1234, description="clustering h uses kmeans_seed + h")
+    kmeans_backend: Literal["auto", "torch", "faiss"] = Field(
+        "auto", description="torch: sharded over the ranks' devices; faiss: on rank 0; auto: torch on CUDA, faiss on CPU")
 
 
 class LocalAggregation(BankMethod):
@@ -42,25 +48,37 @@ class LocalAggregation(BankMethod):
     def size_limits(self) -> dict[str, int]:
         return {**super().size_limits(), "k": self.cfg.k, "num_clusters": self.cfg.num_clusters}
 
+    def backend(self, run) -> str:
+        """The k-means that runs: `kmeans_backend`, with auto resolved for this device."""
+        choice = self.cfg.kmeans_backend
+        return ("torch" if run.device.type == "cuda" else "faiss") if choice == "auto" else choice
+
     def begin_epoch(self, run, epoch: int) -> dict[str, float]:
-        """H k-means on the bank (rank 0), labels broadcast; returns cluster statistics."""
+        """H k-means of the bank; every rank ends with the labels (H, N). Returns cluster statistics."""
         from ... import clustering  # faiss is only needed here
 
         cfg = self.cfg
         H, N = cfg.num_kmeans, run.num_items
-        stats: dict[str, float] = {}
-        labels = torch.empty(H, N, dtype=torch.long, device=run.device)
-        if run.dist.is_main:
-            t0 = time.perf_counter()
-            found = clustering.run_kmeans(self.bank.memory.cpu().numpy(), cfg.num_clusters, H,
-                                          iterations=cfg.kmeans_iterations, seed=cfg.kmeans_seed)
-            seconds = time.perf_counter() - t0
-            labels.copy_(torch.from_numpy(found))
-            full = clustering.cluster_statistics(found, run.train.labels.numpy())
-            stats = {f"cluster_{k}": float(v) for k, v in full.items()
-                     if isinstance(v, (int, float)) and k not in ("num_clusterings", "num_points")}
-            stats["kmeans_seconds"] = seconds
-        self.cluster_labels = broadcast(labels)
+        t0 = time.perf_counter()
+        if self.backend(run) == "torch":
+            from ...kmeans import kmeans
+
+            bank = self.bank.memory.float()
+            labels = torch.stack([kmeans(bank, cfg.num_clusters, cfg.kmeans_iterations, cfg.kmeans_seed + h,
+                                         dist=run.dist)[0] for h in range(H)])
+        else:
+            labels = torch.empty(H, N, dtype=torch.long, device=run.device)
+            if run.dist.is_main:
+                found = clustering.run_kmeans(self.bank.memory.cpu().numpy(), cfg.num_clusters, H,
+                                              iterations=cfg.kmeans_iterations, seed=cfg.kmeans_seed)
+                labels.copy_(torch.from_numpy(found))
+            labels = broadcast(labels)
+        seconds = time.perf_counter() - t0
+        self.cluster_labels = labels
+        stats = clustering.sharded_statistics(labels, run.train.labels.numpy(), run.dist)
+        stats = {f"cluster_{k}": float(v) for k, v in stats.items()
+                 if isinstance(v, (int, float)) and k not in ("num_clusterings", "num_points")}
+        stats["kmeans_seconds"] = seconds
         return stats
 
     def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:

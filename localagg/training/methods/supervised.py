@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from ...knn import knn_top1
 from ...models.backbone import EmbeddingNet
 from ..config import TrainingConfig
 from .base import Method
@@ -80,22 +79,17 @@ class Supervised(Method):
         """kNN of the untrained network's embeddings before training."""
         if run.val is None:
             return {}
-        initial = run.embed(run.train_eval)
-        if not run.dist.is_main:
-            return {}
-        return {"knn_top1_init": knn_top1(run.embed(run.val), run.val.labels, initial, run.train.labels,
-                                          run.num_classes, self.cfg.knn_k, self.cfg.knn_temperature)}
+        return {"knn_top1_init": run.knn_top1_streamed(run.val, run.train_eval)}
 
     def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:
         return F.cross_entropy(out.to(self.dtype), labels.to(out.device, non_blocking=True))
 
     def monitor(self, run) -> float | None:
-        """kNN top-1 (%) of the held-out split's pooled conv5 against the training split's."""
+        """kNN top-1 (%) of the held-out split's pooled conv5 against the training split's
+        (streamed: the training features are never held at once)."""
         if run.val is None:
             return None
-        queries, bank = run.embed(run.val, pooled=True), run.embed(run.train_eval, pooled=True)
-        return knn_top1(queries, run.val.labels, bank, run.train.labels.to(bank.device), run.num_classes,
-                        k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
+        return run.knn_top1_streamed(run.val, run.train_eval, pooled=True)
 
     def export_fields(self) -> dict[str, Any]:
         return {"classifier": self.net.classifier.state_dict()}
