@@ -7,10 +7,15 @@ training and evaluation only read torchrun's environment (runtime.distributed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import Iterator
+
+from localagg.errors import UserError
 
 
 def launched() -> bool:
@@ -33,3 +38,24 @@ def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
         if child.poll() is None:
             child.terminate()
             child.wait()
+
+
+@contextlib.contextmanager
+def exit_at_once_if_a_rank_fails(dist) -> Iterator[None]:
+    """Under torch.distributed, an error other than a UserError (a collective that timed out, a
+    peer that died) is printed and the process exits at once (os._exit(1)): tearing down a
+    process group with a failed collective can deadlock (torch 2.3's gloo joins its worker
+    threads while they wait for the GIL), which would leave the rank running after the job
+    failed. Cleanups in `finally` blocks below have run by then."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        if not dist.enabled:
+            raise
+        traceback.print_exc()
+        print(f"error: rank {dist.rank} of {dist.world_size} stopped: {type(exc).__name__}: {str(exc)[:300]}. "
+              "When a collective timed out, another rank was slower than collective_timeout_s or died; its log "
+              "says which.", file=sys.stderr, flush=True)
+        os._exit(1)

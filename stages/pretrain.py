@@ -23,7 +23,7 @@ from pathlib import Path
 from localagg.errors import UserError
 
 from .common import DvcLiveLogger, measure_cost, write_results
-from .launch import launched, relaunch_under_torchrun
+from .launch import exit_at_once_if_a_rank_fails, launched, relaunch_under_torchrun
 from .paths import model_path
 from .params import load_section
 
@@ -79,7 +79,7 @@ def run(stage: str, params: Path) -> dict:
                       init_from=init_from)
     logger = DvcLiveLogger(p["live"]) if trainer.dist.is_main else None
     trainer.logger = logger
-    with measure_cost() as cost:
+    with measure_cost() as cost, exit_at_once_if_a_rank_fails(trainer.dist):
         result = trainer.run()
         trainer.export(p["model"])
     if trainer.dist.is_main:

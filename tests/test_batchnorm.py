@@ -74,3 +74,20 @@ def test_one_process_sync_bn_is_plain_batch_norm_with_the_same_state():
     set_sync_bn(model)
     assert all(type(m) is SyncBatchNorm2d for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.equal(model(x), expected)
+
+
+def test_native_sync_bn_keeps_the_state_and_is_batch_norm_on_one_process():
+    """On CUDA the pipeline uses torch.nn.SyncBatchNorm (fused kernels under NCCL): converting
+    keeps every tensor of the state and, without a process group, computes plain batch norm."""
+    import torchvision
+
+    from localagg.models.batchnorm import set_sync_bn
+
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet18(weights=None)
+    native = set_sync_bn(torchvision.models.resnet18(weights=None), native=True)
+    native.load_state_dict(plain.state_dict())
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in native.modules()) == 20
+    assert list(native.state_dict()) == list(plain.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(native(x), plain(x), rtol=0, atol=0)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from localagg.data.augment import AugmentSpec
-from localagg.data.datasets import ArrayImages, FileImages, file_transform
+from localagg.data.datasets import ArrayImages, FileImages
 from localagg.errors import UserError
 from localagg.evaluation.linear import (LayerReadout, LinearReadoutConfig, pooled_dim, train_linear_readout,
                                        train_linear_readouts)
@@ -134,7 +134,7 @@ def test_file_datasets_read_through_a_loader_give_the_arrays_result(tmp_path):
         paths.append(f"{i}.png")
         Image.fromarray(img).save(tmp_path / paths[-1])
     cfg = config(train_augment="resize_random_crop_flip", layers=["conv1"])
-    files = FileImages(tmp_path, paths, arrays.labels.numpy(), file_transform(cfg.resize, train=False, resize=cfg.resize))
+    files = FileImages(tmp_path, paths, arrays.labels.numpy(), cfg.resize, resize=cfg.resize)
     from_arrays = train_linear_readout(tiny_model(), arrays, arrays, 4, cfg, SPEC)
     from_files = train_linear_readout(tiny_model(), files, files, 4, cfg, SPEC)
     assert from_files == from_arrays

@@ -2,23 +2,22 @@
 
 Each item is (image uint8 (3, H, W), label, index). Grey images are repeated to 3 channels
 so every backbone has an RGB stem (as Detectron2 expects). Augmentation happens later, on
-the device, in batches (augment.py); file datasets only decode (and, for training, crop at
-the full resolution as torchvision's RandomResizedCrop does, or resize + centre-crop for
-evaluation) so that a batch has one size.
+the device, in batches (augment.py); file datasets only decode the crop (decode.py: for
+training torchvision's RandomResizedCrop box from uniforms the training loop draws, for
+evaluation resize + centre crop) so that a batch has one size.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2 as T
 
 from ..errors import UserError
+from . import decode
 from .manifest import read_arrays_split, read_files_split, read_info
 
 
@@ -51,44 +50,50 @@ class ArrayImages(Dataset):
 
 
 class FileImages(Dataset):
-    """A split of a kind-"files" dataset (ImageNet, Places205): decoded with PIL on access."""
+    """A split of a kind-"files" dataset (ImageNet, Places205), decoded on access (decode.py).
 
-    def __init__(self, root: str | Path, paths: list[str], labels: np.ndarray, transform: Callable):
+    An item is asked for by index (the evaluation geometry: resize the shorter side to
+    `resize`, centre crop `size`) or by (index, crop uniforms) when `train` (RandomResizedCrop
+    at `scale`/`ratio`, the uniforms from `decode.draw_crops`). With `for_device` the worker
+    returns the file's bytes and box (`decode.ImageBytes`) for the training device to decode.
+    """
+
+    def __init__(self, root: str | Path, paths: list[str], labels: np.ndarray, size: int, train: bool = False,
+                 scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), resize: int | None = None, for_device: bool = False):
         self.root = Path(root)
         self.paths = paths
         self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.transform = transform
+        self.size, self.train, self.scale, self.ratio = size, train, tuple(scale), tuple(ratio)
+        self.resize = resize or round(size * 256 / 224)
+        self.for_device = for_device
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def _box_of(self, draws):
+        if draws is None:
+            return lambda width, height: decode.eval_box(width, height, self.resize, self.size)
+        return lambda width, height: decode.crop_box(width, height, draws, self.scale, self.ratio)
+
+    def __getitem__(self, item):
+        i, draws = item if isinstance(item, tuple) else (item, None)
+        if self.train and draws is None:
+            raise ValueError("a training FileImages item is (index, crop uniforms): use the training loop's sampler")
         path = self.root / self.paths[i]
         try:
+            if self.for_device:
+                return decode.read_for_device(path, self._box_of(draws), self.size), self.labels[i], i
             with Image.open(path) as im:
-                img = im.convert("RGB")
+                return decode._resample(im, self._box_of(draws)(*im.size), self.size), self.labels[i], i
         except OSError as exc:
             raise UserError(f"{path}: cannot read image ({exc}); rerun `prepare` with check_images: true.") from None
-        return self.transform(img), self.labels[i], i
-
-
-def file_transform(crop_size: int, train: bool, crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), resize: int | None = None):
-    """Decode-time geometry for file datasets; output uint8 (3, crop_size, crop_size).
-
-    train: RandomResizedCrop on the full image (its randomness is the loader worker's,
-    seeded per epoch); eval: resize the shorter side to `resize` (default 256/224 of the
-    crop) and centre-crop.
-    """
-    if train:
-        geo = T.RandomResizedCrop(crop_size, scale=crop_scale, ratio=crop_ratio, antialias=True)
-    else:
-        geo = T.Compose([T.Resize(resize or round(crop_size * 256 / 224), antialias=True), T.CenterCrop(crop_size)])
-    return T.Compose([T.PILToTensor(), geo])
 
 
 def open_split(data_dir: str | Path, split: str, train: bool = False, crop_size: int = 224,
-               crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), resize: int | None = None) -> Dataset:
-    """The Dataset of one split of a prepared dataset directory."""
+               crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), resize: int | None = None,
+               for_device: bool = False) -> Dataset:
+    """The Dataset of one split of a prepared dataset directory (`for_device`: file datasets
+    hand over bytes for the training device to decode)."""
     info = read_info(data_dir)
     if split not in info.splits:
         raise UserError(f"{data_dir}: no split {split!r}; it has {', '.join(info.splits)}.")
@@ -96,7 +101,7 @@ def open_split(data_dir: str | Path, split: str, train: bool = False, crop_size:
         images, labels = read_arrays_split(data_dir, split)
         return ArrayImages(np.asarray(images), labels)
     paths, labels = read_files_split(data_dir, split)
-    return FileImages(info.root, paths, labels, file_transform(crop_size, train, crop_scale, crop_ratio, resize))
+    return FileImages(info.root, paths, labels, crop_size, train, crop_scale, crop_ratio, resize, for_device)
 
 
 def dataset_labels(ds: Dataset) -> torch.Tensor:

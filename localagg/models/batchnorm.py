@@ -18,7 +18,8 @@ SyncBatchNorm2d, per channel c, over the local activations x_r of rank r (n_r va
 
 The per-rank (n_r, mean_r, var_r) are combined with one differentiable all-reduce (its
 backward is the all-reduce of the gradients), so it runs on gloo (CPU) as on NCCL, unlike
-torch.nn.SyncBatchNorm, which needs CUDA. Running statistics are updated as BatchNorm2d
+torch.nn.SyncBatchNorm, which needs CUDA and which `set_sync_bn(native=True)` uses there
+(the same statistics in fused kernels). Running statistics are updated as BatchNorm2d
 does, with the unbiased variance var * n / (n - 1). Statistics are computed in float32 under
 bfloat16 autocast (float64 inputs stay float64).
 """
@@ -92,8 +93,16 @@ def set_bn_groups(model: nn.Module, groups: int) -> None:
             m.groups = groups
 
 
-def set_sync_bn(model: nn.Module) -> None:
-    """Make every BatchNorm2d of `model` a SyncBatchNorm2d (state unchanged; the same state_dict)."""
+def set_sync_bn(model: nn.Module, native: bool = False) -> nn.Module:
+    """Batch norm over the global batch for every BatchNorm2d of `model`, state unchanged (the
+    same state_dict). `native` (CUDA, NCCL): torch.nn.SyncBatchNorm, whose fused kernels gather
+    every rank's (mean, invstd, count) in one collective per layer forward and reduce the
+    gradient statistics in one per layer backward; otherwise SyncBatchNorm2d (this module's,
+    on gloo as on NCCL: ~13 kernels and 2 all-reduces per layer, so for the CPU). Both compute
+    the statistics of the module docstring. Returns the model (modified in place)."""
+    if native:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.__class__ = SyncBatchNorm2d
+    return model

@@ -48,6 +48,9 @@ class TrainingConfig(StepSchedule, _Config):
                                              "paths are equal, e.g. 1 and 2 processes; several times slower")
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_workers: int = Field(0, ge=0, description="data-loader workers for file datasets")
+    jpeg_decode: Literal["auto", "workers", "device"] = Field(
+        "auto", description="file datasets: decode the training crops in the loader workers (PIL, reduced-size "
+                            "JPEG decoding) or on the training device (nvjpeg); auto = device on CUDA")
     bn_groups: int = Field(1, ge=1, description="split each process's batch into groups for batch-norm statistics")
     sync_bn: bool = Field(False, description="batch-norm statistics over the global batch of all processes "
                                              "(the authors' one GPU saw all 128 images); no change with one process")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data import augment
+from ..data import augment, decode
 from ..data.datasets import ArrayImages, open_split
 from ..data.manifest import read_info
 from ..errors import UserError
@@ -45,7 +45,7 @@ from ..runtime import checkpoint as ckpt
 from ..knn import TopK, correct_count, knn_scores
 from ..runtime.distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, broadcast, gather_rows,
                                    init_distributed)
-from .batches import BatchSampler, GlobalBatches, init_worker
+from .batches import EpochSampler, GlobalBatches, init_worker
 from .methods.base import Method
 
 LAST = "last.pt"
@@ -164,6 +164,8 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda and not cfg.float64)
         self.dtype = torch.float64 if cfg.float64 else torch.float32  # parameters, bank, losses
+        self.decode_on_device = cfg.jpeg_decode == "device" or (cfg.jpeg_decode == "auto" and on_cuda)
+        self._loader = self._sampler = None  # the training DataLoader of file datasets, made at first use
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and on_cuda)
 
         if cfg.batch_size % (self.dist.world_size * cfg.bn_groups):
@@ -172,7 +174,7 @@ class Trainer:
         info = read_info(train_dir)
         self.train_info = info
         self.train = open_split(train_dir, "train", train=True, crop_size=aug.crop_size,
-                                crop_scale=aug.crop_scale, crop_ratio=aug.crop_ratio)
+                                crop_scale=aug.crop_scale, crop_ratio=aug.crop_ratio, for_device=self.decode_on_device)
         self.train_eval = open_split(train_dir, "train", train=False, crop_size=aug.crop_size)
         self.val = open_split(val_dir, "val", train=False, crop_size=aug.crop_size) if val_dir else None
         self.num_items = len(self.train)
@@ -184,7 +186,7 @@ class Trainer:
         if cfg.bn_groups > 1:
             set_bn_groups(self.model, cfg.bn_groups)
         if cfg.sync_bn:
-            set_sync_bn(self.model)
+            set_sync_bn(self.model, native=on_cuda)  # torch's fused SyncBatchNorm under NCCL
         self.model.to(self.device, self.dtype)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -219,6 +221,7 @@ class Trainer:
         """What this stage trained, for the report's comparability check (no timing, no paths)."""
         cfg = self.cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS | {"device"})
         cfg["amp"] = "bf16" if self.amp else "off"  # what ran, not the setting ("auto")
+        cfg["jpeg_decode"] = "device" if self.decode_on_device else "workers"
         return {"objective": self.method.name, **self.model.meta(), "augment": self.aug.model_dump(mode="json"),
                 "dataset": self.train_info.name, "train_images": self.num_items,
                 "val_images": len(self.val) if self.val is not None else None,
@@ -290,11 +293,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces of a step
 
-    def _fetch(self, ds, idx: torch.Tensor):
-        if isinstance(ds, ArrayImages):
-            return ds.batch(idx)
-        items = [ds[i] for i in idx.tolist()]
-        return torch.stack([x for x, _, _ in items]), torch.stack([y for _, y, _ in items]), idx
+    def _train_batches(self, batches: GlobalBatches, epoch: int, step: int):
+        """(uint8 images (b, 3, H, W), labels, indices) of this rank from global batch `step` on.
+
+        In-memory datasets are sliced directly. File datasets go through one DataLoader for the
+        whole run (persistent workers) whose sampler carries each image's crop uniforms; with
+        device decoding the workers hand over JPEG bytes and the crops are decoded here."""
+        if isinstance(self.train, ArrayImages):
+            yield from (self.train.batch(batches.local(st)) for st in range(step, batches.steps))
+            return
+        cfg = self.cfg
+        if self._loader is None:
+            self._sampler = EpochSampler(cfg.seed, crops=True)
+            self._loader = DataLoader(
+                self.train, batch_sampler=self._sampler, num_workers=cfg.num_workers,
+                pin_memory=self.device.type == "cuda" and not self.decode_on_device,
+                persistent_workers=cfg.num_workers > 0, collate_fn=decode.collate_bytes if self.decode_on_device else None,
+                worker_init_fn=functools.partial(init_worker, cfg.seed, self.dist.rank))
+        self._sampler.start(batches, epoch, step)
+        for images, labels, idx in self._loader:
+            if self.decode_on_device:
+                images = decode.decode_on_device(images, self.aug.crop_size, self.device)
+            yield images, labels, idx
 
     def _autocast(self):
         if not self.amp:
@@ -398,12 +418,7 @@ class Trainer:
             batches = GlobalBatches(self.num_items, cfg.seed, cfg.batch_size, epoch, dist)
             loss_sum, seen, t0 = torch.zeros((), device=self.device, dtype=torch.float64), 0, time.perf_counter()
             arrays = isinstance(self.train, ArrayImages)
-            if arrays:
-                source = (self._fetch(self.train, batches.local(st)) for st in range(s.step, batches.steps))
-            else:
-                source = iter(DataLoader(self.train, batch_sampler=BatchSampler(batches, s.step),
-                                         num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
-                                         worker_init_fn=functools.partial(init_worker, cfg.seed, epoch, dist.rank, s.step)))
+            source = self._train_batches(batches, epoch, s.step)
             bar = track(source, f"{name} epoch {epoch + 1}/{cfg.epochs}", total=batches.steps - s.step,
                         enabled=dist.is_main)
             for images, labels, idx in bar:
