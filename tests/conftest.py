@@ -86,3 +86,53 @@ class LazyImages:
             out[row] = torch.randint(0, 256, (1, self.size, self.size), generator=g, dtype=torch.uint8)
             out[row, :, : self.size // 2] //= 1 + int(self.labels[i])  # some class structure
         return out, self.labels[indices], indices
+
+
+_STORES: list = []  # the rendezvous stores of this pytest process, alive until it exits
+
+
+def rendezvous(tmp_path=None) -> str:
+    """The address of a TCP store for a 2-process gloo test, bound (port 0) and held by this
+    process: no port is found free, closed and then raced for by a concurrent test, and the
+    workers' teardown has no shared file to wait on (a file:// store deadlocked there)."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    _STORES.append(store)
+    return f"127.0.0.1:{store.port}"
+
+
+def init_gloo(address: str, rank: int, world_size: int, timeout_s: float = 300.0) -> None:
+    """Join the gloo group whose store `rendezvous` made."""
+    import datetime
+
+    import torch.distributed as dist
+
+    host, port = address.rsplit(":", 1)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, int(port), is_master=False, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
+
+
+def gloo_worker(fn):
+    """A 2-process test worker that ends with os._exit: 0 once `fn` returns, 1 after printing
+    its traceback. torch 2.3's gloo teardown (destroy_process_group, or the group's destructor
+    at exit) deadlocked here now and then, ranks stuck in it for minutes; the stages never tear
+    the group down either (stages/launch.py)."""
+    import functools
+    import sys
+    import traceback
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        code = 0
+        try:
+            fn(*args, **kwargs)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    return run

@@ -3,9 +3,6 @@ process with plain batch norm over that batch does (float64, so rounding cannot 
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -13,6 +10,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from localagg.models.backbone import EmbeddingNet
 from localagg.models.batchnorm import SyncBatchNorm2d, set_sync_bn
+
+from .conftest import gloo_worker, init_gloo, rendezvous
 
 
 def _net() -> EmbeddingNet:
@@ -35,29 +34,20 @@ def _train(model, forward, x, target, scale):
         opt.step()
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model = _net()
-        set_sync_bn(model)
-        x, target = _data()
-        b = len(x) // world
-        _train(model, DistributedDataParallel(model), x[rank * b:(rank + 1) * b], target[rank * b:(rank + 1) * b], 1 / b)
-        torch.save(model.state_dict(), out / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@gloo_worker
+def _worker(rank, world, init, out):
+    init_gloo(init, rank, world)
+    model = _net()
+    set_sync_bn(model)
+    x, target = _data()
+    b = len(x) // world
+    _train(model, DistributedDataParallel(model), x[rank * b:(rank + 1) * b], target[rank * b:(rank + 1) * b], 1 / b)
+    torch.save(model.state_dict(), out / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
 def test_two_processes_with_sync_bn_train_as_one_process_with_bn_over_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, rendezvous(tmp_path), tmp_path), nprocs=2, join=True)
     single = _net()
     x, target = _data()
     _train(single, single, x, target, 1 / len(x))

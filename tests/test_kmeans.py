@@ -5,8 +5,6 @@ with a clustering longer than the collective timeout."""
 from __future__ import annotations
 
 import datetime
-import os
-import socket
 import time
 
 import numpy as np
@@ -17,7 +15,7 @@ import torch.multiprocessing as mp
 from localagg.kmeans import SPLIT_EPS, _split_empty, kmeans
 from localagg.runtime.distributed import DistInfo
 
-from .conftest import make_arrays_dataset
+from .conftest import gloo_worker, init_gloo, make_arrays_dataset, rendezvous
 
 
 def _blobs(n: int = 1200, d: int = 8, m: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,20 +82,11 @@ def test_an_empty_cluster_is_split_off_a_populated_one_as_faiss_does():
     assert torch.bincount(labels, minlength=3).min() > 0  # the far centroid came back, inside a blob
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kmeans_worker(rank: int, port: int, x, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        labels, centroids = kmeans(x, 30, iterations=15, seed=7, dist=DistInfo(rank, 2, rank))
-        torch.save({"labels": labels, "centroids": centroids}, out / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+@gloo_worker
+def _kmeans_worker(rank: int, init: str, x, out):
+    init_gloo(init, rank, 2)
+    labels, centroids = kmeans(x, 30, iterations=15, seed=7, dist=DistInfo(rank, 2, rank))
+    torch.save({"labels": labels, "centroids": centroids}, out / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
@@ -105,7 +94,7 @@ def test_two_gloo_processes_each_assigning_half_the_bank_cluster_as_one_process(
     g = torch.Generator().manual_seed(5)
     x = torch.nn.functional.normalize(torch.randn(1001, 8, generator=g), dim=1)  # an odd N: unequal shards
     labels, centroids = kmeans(x, 30, iterations=15, seed=7)
-    mp.spawn(_kmeans_worker, args=(_free_port(), x, tmp_path), nprocs=2, join=True)
+    mp.spawn(_kmeans_worker, args=(rendezvous(tmp_path), x, tmp_path), nprocs=2, join=True)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert torch.equal(got["labels"], labels)
@@ -118,9 +107,10 @@ TIMEOUT_S = 2
 SLOW_S = 0.4  # per k-means assignment pass: 2 clusterings x 6 passes = 4.8 s, longer than the timeout
 
 
-def _la_worker(rank: int, port: int, backend: str, data, init, out):
-    """LA on 2 processes through init_distributed (the params' collective_timeout_s), with every
-    k-means made slower than the timeout in total."""
+@gloo_worker
+def _la_worker(rank: int, address: str, backend: str, data, init, out):
+    """LA on 2 processes under the params' collective_timeout_s, with every k-means made slower
+    than the timeout in total."""
     import localagg.clustering as clustering
     import localagg.kmeans as km
     from localagg.data.augment import AugmentSpec
@@ -128,8 +118,6 @@ def _la_worker(rank: int, port: int, backend: str, data, init, out):
     from localagg.training.loop import Trainer
     from localagg.training.methods.local_aggregation import LAConfig, LocalAggregation
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
     slow_assign, slow_faiss = km._assign, clustering.run_kmeans
 
     def assign(*args, **kwargs):
@@ -146,15 +134,15 @@ def _la_worker(rank: int, port: int, backend: str, data, init, out):
                    kmeans_backend=backend)
     aug = AugmentSpec(crop_size=16, crop_scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0,
                       mean=(0.5,) * 3, std=(0.25,) * 3)
+    init_gloo(address, rank, 2, timeout_s=cfg.collective_timeout_s)  # as init_distributed does
     try:
         t = Trainer(LocalAggregation(cfg), ModelConfig(arch="resnet18", stem="small", embedding_dim=16), aug, data,
-                    out / f"ck{rank}", init_from=init)
+                    out / f"ck{rank}", init_from=init, dist=DistInfo(rank, 2, rank))
         t.run()
         (out / f"done{rank}").write_text(str(t.state.epoch))
     except Exception as exc:  # the collective that timed out
         (out / f"error{rank}").write_text(f"{type(exc).__name__}: {exc}")
-        os._exit(0)  # as the stage does: tearing down a failed gloo group can deadlock in torch 2.3
-    torch.distributed.destroy_process_group()
+        # gloo_worker exits at once: as the stage does, it does not tear the failed group down
 
 
 def _ir_export(tmp_path):
@@ -182,15 +170,29 @@ def test_la_on_two_processes_outlasts_a_clustering_longer_than_the_collective_ti
     rank 0 (the other rank waiting in the broadcast) fails with the timeout: the test can fail."""
     data = _ir_export(tmp_path)
     init = tmp_path / "ir.pt"
-    mp.spawn(_la_worker, args=(_free_port(), "torch", data, init, tmp_path), nprocs=2, join=True)
+    mp.spawn(_la_worker, args=(rendezvous(tmp_path), "torch", data, init, tmp_path), nprocs=2, join=True)
     errors = {r: (tmp_path / f"error{r}").read_text() for r in (0, 1) if (tmp_path / f"error{r}").exists()}
     assert not errors, errors
     assert [(tmp_path / f"done{r}").read_text() for r in (0, 1)] == ["1", "1"]
     (tmp_path / "faiss").mkdir()
-    mp.spawn(_la_worker, args=(_free_port(), "faiss", data, init, tmp_path / "faiss"), nprocs=2, join=True)
+    mp.spawn(_la_worker, args=(rendezvous(tmp_path), "faiss", data, init, tmp_path / "faiss"), nprocs=2, join=True)
     assert (tmp_path / "faiss" / "error1").exists(), "rank 1 should have timed out waiting for rank 0's k-means"
 
 
 @pytest.fixture(autouse=True)
 def _gloo_timeouts_are_real():
     assert datetime.timedelta(seconds=TIMEOUT_S) < datetime.timedelta(seconds=2 * 6 * SLOW_S)
+
+
+def test_init_distributed_gives_the_process_group_the_params_timeout(monkeypatch):
+    import torch.distributed as dist
+
+    from localagg.runtime.distributed import init_distributed
+
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(backend=backend, timeout=timeout))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    info = init_distributed("cpu", timeout_s=7)
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(seconds=7)} and (info.rank, info.world_size) == (1, 2)

@@ -16,6 +16,8 @@ from localagg.knn import knn_scores, knn_top1
 from localagg.evaluation.transfer import knn_eval, network_space_fn
 from localagg.models.backbone import EmbeddingNet
 
+from .conftest import gloo_worker
+
 
 def clustered_points(n, num_classes=5, dim=16, seed=0):
     """L2-normalised float64 points around one random centre per class, with overlap."""
@@ -92,37 +94,31 @@ def test_the_running_top_k_over_chunks_equals_the_top_k_of_the_whole_bank(monkey
     torch.testing.assert_close(top.scores(labels, 3, 0.1), expected_scores, rtol=1e-12, atol=0)
 
 
-def _merge_worker(rank, port, queries, bank, out):
-    import os
-
+@gloo_worker
+def _merge_worker(rank, init, queries, bank, out):
     import localagg.knn as knn
     from localagg.runtime.distributed import shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        part = shard(bank.shape[0], rank, 2)
-        top = knn.TopK(queries, 20)
-        top.feed(bank[part.start : part.stop], part.start)
-        top.merge()
-        torch.save({"values": top.values, "indices": top.indices}, out / f"rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+    from .conftest import init_gloo
+
+    init_gloo(init, rank, 2)
+    part = shard(bank.shape[0], rank, 2)
+    top = knn.TopK(queries, 20)
+    top.feed(bank[part.start : part.stop], part.start)
+    top.merge()
+    torch.save({"values": top.values, "indices": top.indices}, out / f"rank{rank}.pt")
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_each_scanning_half_the_bank_merge_to_the_whole_banks_top_k(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
+
+    from .conftest import rendezvous
 
     g = torch.Generator().manual_seed(1)
     queries = F.normalize(torch.randn(30, 8, generator=g, dtype=torch.float64), dim=1)
     bank = F.normalize(torch.randn(301, 8, generator=g, dtype=torch.float64), dim=1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_merge_worker, args=(port, queries, bank, tmp_path), nprocs=2, join=True)
+    mp.spawn(_merge_worker, args=(rendezvous(tmp_path), queries, bank, tmp_path), nprocs=2, join=True)
     expected_v, expected_i = (queries @ bank.T).topk(20, dim=1)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from localagg.memory_bank import MemoryBank
 from localagg.objectives import InstanceRecognitionLoss, local_aggregation_loss
 
+from .conftest import gloo_worker
+
+
 TAU = 0.07
 EMPTY_LOSS = -math.log(1e-7)
 
@@ -378,29 +381,26 @@ def test_ir_rejects_bad_inputs():
         InstanceRecognitionLoss(200, num_negatives=16)(emb[:, :4], idx, bank, noise_indices=noise)
 
 
-def _distributed_normalizer(rank, world_size, init_file, results):
-    import torch.distributed as dist
+@gloo_worker
+def _distributed_normalizer(rank, world_size, address, results):
+    from .conftest import init_gloo
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        emb, idx, bank, noise = make_ir_problem(k=16, seed=10 + rank)
-        bank = make_ir_problem(k=16, seed=10)[2]  # the replicated bank
-        criterion = InstanceRecognitionLoss(200, num_negatives=16)
-        criterion(emb, idx, bank, noise_indices=noise)
-        results[rank] = criterion.normalizer.item()
-    finally:
-        dist.destroy_process_group()
+    init_gloo(address, rank, world_size)
+    emb, idx, bank, noise = make_ir_problem(k=16, seed=10 + rank)
+    bank = make_ir_problem(k=16, seed=10)[2]  # the replicated bank
+    criterion = InstanceRecognitionLoss(200, num_negatives=16)
+    criterion(emb, idx, bank, noise_indices=noise)
+    results[rank] = criterion.normalizer.item()
 
 
 @pytest.mark.slow
 def test_ir_normalizer_is_averaged_over_ranks(tmp_path):
     import torch.multiprocessing as mp
 
+    from .conftest import rendezvous
+
     results = mp.Manager().dict()
-    init_file = tmp_path / "init"
-    mp.spawn(_distributed_normalizer, args=(2, str(init_file), results), nprocs=2, join=True)
+    mp.spawn(_distributed_normalizer, args=(2, rendezvous(), results), nprocs=2, join=True)
     bank = make_ir_problem(k=16, seed=10)[2]
     expected = []
     for rank in range(2):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from localagg.training.methods.instance_recognition import InstanceRecognition, 
 from localagg.training.methods.local_aggregation import LAConfig, LocalAggregation
 from localagg.training.methods.supervised import Supervised, SupervisedConfig
 
-from .conftest import CodeRunningPickle, make_arrays_dataset
+from .conftest import CodeRunningPickle, gloo_worker, init_gloo, make_arrays_dataset, rendezvous
 
 MODEL = ModelConfig(arch="resnet18", stem="small", embedding_dim=16)
 AUG = AugmentSpec(crop_size=16, crop_scale=(0.5, 1.0), color_jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0,
@@ -125,12 +123,6 @@ def test_warm_start_of_another_architecture_or_dataset_is_a_clear_error(tiny_dat
         make_trainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "la3", init_from=tmp_path / "missing.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # The 1- and 2-process runs add the same numbers in different orders (gradient all-reduce, batch
 # norm statistics, bank gathers), so they are compared in float64: in float32 the NCE loss,
 # exp(v.v'/0.07) normalised by an estimated Z, amplifies rounding about 1e4-fold per step, and
@@ -150,21 +142,17 @@ CFG = {"ir": ir_cfg, "la": la_cfg, "la-torch-kmeans": lambda **kw: la_cfg(kmeans
        "supervised": sup_cfg}
 
 
-def _ddp_worker(rank: int, world: int, port: int, kind: str, data, out, extra=None):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        cfg = CFG[kind](**DDP_KW, num_processes=world, **(extra or {}))
-        init = out / "ir.pt" if kind.startswith("la") else None
-        t = make_trainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init, val_dir=data,
-                         dist=DistInfo(rank, world, rank, torch.device("cpu")))
-        t.run()
-        bank = t.method.bank.memory if hasattr(t.method, "bank") else None
-        torch.save({"model": t.trainable.state_dict(), "bank": bank, "history": t.state.history, "extra": t.state.extra},
-                   out / f"ddp_{kind}_rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+@gloo_worker
+def _ddp_worker(rank: int, world: int, init: str, kind: str, data, out, extra=None):
+    init_gloo(init, rank, world)
+    cfg = CFG[kind](**DDP_KW, num_processes=world, **(extra or {}))
+    init = out / "ir.pt" if kind.startswith("la") else None
+    t = make_trainer(cfg, MODEL, AUG, data, out / f"ddp_{kind}", init_from=init, val_dir=data,
+                     dist=DistInfo(rank, world, rank, torch.device("cpu")))
+    t.run()
+    bank = t.method.bank.memory if hasattr(t.method, "bank") else None
+    torch.save({"model": t.trainable.state_dict(), "bank": bank, "history": t.state.history, "extra": t.state.extra},
+               out / f"ddp_{kind}_rank{rank}.pt")
 
 
 def _assert_states_close(found: dict, expected: dict, **tol) -> None:
@@ -195,7 +183,7 @@ def test_two_gloo_processes_equal_one_process(kind, tiny_data, tmp_path):
     single = make_trainer(CFG[kind](**DDP_KW, bn_groups=2), MODEL, AUG, tiny_data, tmp_path / "one", init_from=init,
                           val_dir=tiny_data)
     single.run()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), kind, tiny_data, tmp_path), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, rendezvous(tmp_path), kind, tiny_data, tmp_path), nprocs=2, join=True)
     r0 = torch.load(tmp_path / f"ddp_{kind}_rank0.pt")
     r1 = torch.load(tmp_path / f"ddp_{kind}_rank1.pt")
     # parameters only: batch-norm running statistics are each device's own (rank 0's, broadcast by
@@ -228,7 +216,7 @@ def test_sync_bn_pretraining_on_two_gloo_processes_follows_one_process_with_the_
     kw = {"batch_size": 16}
     single = make_trainer(ir_cfg(**DDP_KW, **kw), MODEL, AUG, tiny_data, tmp_path / "one", val_dir=tiny_data)
     single.run()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), "ir", tiny_data, tmp_path, {"sync_bn": True, **kw}), nprocs=2,
+    mp.spawn(_ddp_worker, args=(2, rendezvous(tmp_path), "ir", tiny_data, tmp_path, {"sync_bn": True, **kw}), nprocs=2,
              join=True)
     r0, r1 = torch.load(tmp_path / "ddp_ir_rank0.pt"), torch.load(tmp_path / "ddp_ir_rank1.pt")
     _assert_states_close(r1["model"], r0["model"], atol=0, rtol=0)
