@@ -33,6 +33,7 @@ from localagg.io import file_sha256, read_json, write_json
 
 from .common import DvcLiveLogger, err_console, measure_cost, write_results
 from .params import load_section
+from .roots import use_dataset_roots
 from .paths import DETECTION_MANIFEST, MODELS, STAGE_OF_MODEL, detection_cell, detection_metrics_path, model_path
 
 DATASET_PREFIX = "localagg_detection"  # Detectron2 catalog names: <prefix>_<year>_<split>
@@ -60,6 +61,7 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
         raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
     from localagg.data.voc import read_voc_manifest
 
+    use_dataset_roots(params)
     manifest = read_voc_manifest(DETECTION_MANIFEST)
     if det_cfg.device == "cuda":
         _check_gpus(det_cfg.num_gpus)

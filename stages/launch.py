@@ -23,14 +23,15 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def relaunch_under_torchrun(command: str, params: Path, nproc: int) -> None:
-    """Re-run this stage command as `torchrun --nproc_per_node N -m stages ...` and exit with its
-    status. torchrun gets SIGTERM if this process dies (it then stops its workers), and is
-    terminated if this process is asked to stop."""
+def relaunch_under_torchrun(command: str | list[str], params: Path, nproc: int) -> None:
+    """Re-run this stage command (its name, or its name and options) as `torchrun --nproc_per_node
+    N -m stages ...` and exit with its status. torchrun gets SIGTERM if this process dies (it
+    then stops its workers), and is terminated if this process is asked to stop."""
     from localagg.process import die_with_parent
 
+    args = [command] if isinstance(command, str) else list(command)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "stages", command, "--params", str(params)]
+           "-m", "stages", *args, "--params", str(params)]
     child = subprocess.Popen(cmd, preexec_fn=die_with_parent)
     try:
         sys.exit(child.wait())

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from localagg.data.augment import AugmentSpec
 from localagg.detection.protocol import DetectionConfig
-from localagg.evaluation.linear import LinearReadoutConfig
+from localagg.evaluation.readout_config import LinearReadoutConfig
 from localagg.errors import UserError
 from localagg.models.config import ModelConfig
 from localagg.training.methods.instance_recognition import IRConfig
@@ -160,6 +160,10 @@ class TransferParams(Section):
     object: LinearReadoutConfig
     transfer: LinearReadoutConfig
     knn: KnnParams = KnnParams()
+    num_processes: int = Field(1, ge=1, description="processes per cell on this machine (torchrun): every rank reads "
+                                                    "out its share of each batch; run-only, the same steps as one")
+    collective_timeout_s: int = Field(1800, ge=1, description="a rank that waits longer than this in a collective "
+                                                              "stops the cell with an error")
 
     _check_seeds = field_validator("seeds")(_unique_seeds)
 
@@ -344,4 +348,29 @@ def size_problems(sections: dict[str, Any], sizes: dict[str, tuple[int, int] | N
             if sizes.get(role) is not None and transfer.knn.k > sizes[role][0]:
                 out.append(f"transfer.knn.k: {transfer.knn.k:,} is larger than the {sizes[role][0]:,} training images "
                            f"of the {role} set; lower it")
+            if sizes.get(role) is not None and sections.get("model") is not None:
+                out += cache_problems(sections["model"], getattr(transfer, role), f"transfer.{role}", *sizes[role])
+    return out
+
+
+def cache_problems(model_cfg, readout, key: str, train_images: int, val_images: int,
+                   available: int | None = None, models: tuple[str, ...] = ("networks", "pixels")) -> list[str]:
+    """A readout feature cache larger than this machine's available memory, with what it needs:
+    for the networks (`model_cfg`) and for the raw-pixel baseline, or only those in `models`."""
+    from localagg.evaluation.sizes import available_host_bytes, cache_bytes, readout_dims
+
+    available = available_host_bytes() if available is None else available
+    if not readout.cache_features or available is None:
+        return []
+    names = {"networks": ("the networks", model_cfg), "pixels": ("the raw-pixel baseline", None)}
+    out = []
+    for which in models:
+        name, cfg = names[which]
+        need = cache_bytes(readout_dims(cfg, readout), train_images, val_images, readout)
+        if need > available:
+            out.append(f"{key}.cache_features: the feature cache of {name} needs {need / 2**30:,.1f} GiB "
+                       f"({train_images:,} training{'' if readout.ten_crop else f' + {val_images:,} validation'} "
+                       f"images), more than the {available / 2**30:,.1f} GiB of memory available here; set "
+                       f"cache_features: false (the readout then reads the images every epoch) or read out "
+                       f"fewer layers")
     return out

@@ -84,13 +84,16 @@ def check_inputs(p: PrepareParams) -> None:
 def expected_sizes(p: PrepareParams) -> dict[str, tuple[int, int] | None]:
     """(train, val) image counts of the object and transfer sets these params give, where known
     without reading the datasets: the embedded sets from their params, a real set from the
-    manifest already prepared from the same source (None when unknown)."""
+    manifest already prepared from the same source, else its released size."""
+    from localagg.report.paper import DATASET_SIZES
+
     def prepared(data_dir: Path, name: str) -> tuple[int, int] | None:
+        """The prepared manifest's counts; before `prepare`, the dataset's released size."""
         try:
             info = read_info(data_dir)
         except UserError:
-            return None
-        return (info.splits.get("train", 0), info.splits.get("val", 0)) if info.name == name else None
+            return DATASET_SIZES.get(name)
+        return (info.splits.get("train", 0), info.splits.get("val", 0)) if info.name == name else DATASET_SIZES.get(name)
 
     sizes: dict[str, tuple[int, int] | None] = {}
     if p.object.source == "fashion_mnist":

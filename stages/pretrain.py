@@ -26,6 +26,7 @@ from .common import DvcLiveLogger, measure_cost, write_results
 from .launch import exit_at_once_if_a_rank_fails, launched, relaunch_under_torchrun
 from .paths import model_path
 from .params import load_section
+from .roots import use_dataset_roots
 
 OBJECT_DIR = Path("data/prepared/object")
 
@@ -65,6 +66,7 @@ def run(stage: str, params: Path) -> dict:
     model_cfg = load_section(params, "model")
     aug = load_section(params, "augment")
     cfg = load_section(params, stage)
+    use_dataset_roots(params, check=(OBJECT_DIR,))
     if stage == "supervised" and cfg.augment:
         aug = supervised_augment(params, aug, cfg)
     if cfg.num_processes > 1 and not launched():

@@ -41,6 +41,7 @@ from localagg.report.markdown import render
 from localagg.report.results import MODELS, PIXELS, ROLES, TRANSFER_MODELS, Record, RunMetrics, aggregate, csv_text
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
+from .roots import use_dataset_roots
 from .paths import DETECTION_MANIFEST, STAGE_OF_MODEL, detection_metrics_path, record_path, transfer_metrics_path
 
 PRETRAIN_STAGES = {m: s for m, s in STAGE_OF_MODEL.items() if m != "random"}  # models with pretraining metrics
@@ -203,6 +204,7 @@ def run(params: Path, out: Path = Path("reports")) -> list[Path]:
 
     Everything is read and checked before anything is written; results.md is written last.
     """
+    use_dataset_roots(Path(params))  # the figures show images of the real datasets
     m = load(Path(params))
     cells = aggregate(m)
     out = Path(out)

@@ -25,7 +25,9 @@ from localagg.errors import UserError
 from localagg.io import read_json
 
 from .common import DvcLiveLogger, measure_cost, write_results
+from .launch import exit_at_once_if_a_rank_fails, launched, relaunch_under_torchrun
 from .params import load_section
+from .roots import use_dataset_roots
 from .paths import DATASETS as DATASET_NAMES
 from .paths import PIXELS, STAGE_OF_MODEL, TRANSFER_MODELS, model_path, transfer_cell, transfer_metrics_path
 
@@ -33,15 +35,17 @@ DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
 VIEWS_ROLE = "object"  # retrieval and the embedding map are made on the object set
 
 
-def run(model: str, dataset: str, params: Path) -> dict:
+def run(model: str, dataset: str, params: Path) -> dict | None:
+    """The cell's record (written by rank 0; None on the other ranks of a multi-process run)."""
     from localagg.data.datasets import open_split
     from localagg.evaluation import views
-    from localagg.knn import knn_top1
     from localagg.evaluation.linear import train_linear_readouts
     from localagg.evaluation.transfer import (knn_eval, load_backbone, network_space_fn, open_readout_split,
                                               pixel_space_fn)
+    from localagg.knn import knn_top1
     from localagg.models.backbone import RawPixels
     from localagg.runtime.checkpoint import load_export
+    from localagg.runtime.distributed import init_distributed
 
     if model not in TRANSFER_MODELS:
         raise UserError(f"unknown model {model!r}; expected one of: {', '.join(TRANSFER_MODELS)}.")
@@ -49,6 +53,8 @@ def run(model: str, dataset: str, params: Path) -> dict:
         raise UserError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}.")
     aug = load_section(params, "augment")
     p = load_section(params, "transfer")
+    if p.num_processes > 1 and not launched():
+        relaunch_under_torchrun(["transfer", "--model", model, "--dataset", dataset], params, p.num_processes)
     model_cfg = load_section(params, "model") if model != PIXELS else None  # the baseline reads no `model`
     readout = getattr(p, dataset)
     if model == PIXELS:
@@ -59,6 +65,7 @@ def run(model: str, dataset: str, params: Path) -> dict:
     data_dir = DATASETS[dataset]
     if not (data_dir / "dataset.json").is_file():
         raise UserError(f"{data_dir}/dataset.json does not exist: run `dvc repro prepare` first.")
+    use_dataset_roots(params, check=(data_dir,))
     info = read_json(data_dir / "dataset.json")
     classes = info["classes"]
     cell = transfer_cell(model, dataset)
@@ -66,20 +73,30 @@ def run(model: str, dataset: str, params: Path) -> dict:
     if p.knn.k > len(train_split):
         raise UserError(f"transfer.knn.k = {p.knn.k:,} is larger than the {len(train_split):,} training images of the "
                         f"{dataset} set; lower it.")
+    from .params import cache_problems
+
+    problems = cache_problems(model_cfg, readout, f"transfer.{dataset}", info["splits"]["train"],
+                              info["splits"]["val"], models=("pixels",) if model == PIXELS else ("networks",))
+    if problems:
+        raise UserError(f"{params}: " + problems[0] + ".")
+    dist = init_distributed(readout.device, p.collective_timeout_s)
     loggers: dict[int, DvcLiveLogger] = {}
 
-    def logger_for(seed: int) -> DvcLiveLogger:
+    def logger_for(seed: int) -> DvcLiveLogger | None:
+        if not dist.is_main:
+            return None
         loggers[seed] = DvcLiveLogger(Path("dvclive") / "transfer" / cell / f"seed{seed}")
         return loggers[seed]
 
-    with measure_cost() as cost:
+    with measure_cost() as cost, exit_at_once_if_a_rank_fails(dist):
         if model == PIXELS:
             export, backbone = {"provenance": []}, RawPixels()
         else:
             export = load_export(ckpt, "pretrained model")
             backbone = load_backbone(ckpt, model_cfg, export=export)
         val_split = open_readout_split(data_dir, "val", readout)
-        result = train_linear_readouts(backbone, train_split, val_split, len(classes), readout, aug, p.seeds, logger_for)
+        result = train_linear_readouts(backbone, train_split, val_split, len(classes), readout, aug, p.seeds,
+                                       logger_for, dist=dist)
         for logger in loggers.values():
             logger.close()
         shared = result["knn_features"]  # the readout's cached forwards, when their geometry is kNN's
@@ -95,14 +112,19 @@ def run(model: str, dataset: str, params: Path) -> dict:
             knn_train = open_split(data_dir, "train", crop_size=aug.crop_size)
             knn_val = open_split(data_dir, "val", crop_size=aug.crop_size)
             space_fn = (pixel_space_fn(aug, pixel_size) if model == PIXELS
-                        else network_space_fn(backbone, aug, readout.device))
+                        else network_space_fn(backbone, aug, dist.device))
             found = knn_eval(space_fn, knn_train, knn_val, len(classes), p.knn.k, p.knn.temperature,
-                             device=readout.device, num_workers=readout.num_workers, views=dataset == VIEWS_ROLE)
+                             device=dist.device, num_workers=readout.num_workers, views=dataset == VIEWS_ROLE,
+                             dist=dist)
             knn = found["knn"]
             shown = ({"retrieval": found["retrieval"], "map": views.embedding_map(found["map_features"])}
-                     if dataset == VIEWS_ROLE else {})
+                     if dataset == VIEWS_ROLE and dist.is_main else {})
+    if not dist.is_main:
+        return None
+    readout_protocol = readout.model_dump(mode="json", exclude={"seed", "device", "num_workers"})
+    readout_protocol["amp"] = result["amp"]  # what ran, not the setting
     protocol = {"dataset": info["name"], "train_images": info["splits"]["train"], "val_images": info["splits"]["val"],
-                "readout": readout.model_dump(mode="json", exclude={"seed", "device", "num_workers"}),
+                "readout": readout_protocol, "world_size": dist.world_size,
                 "knn": {**p.knn.model_dump(mode="json"), "pixel_size": pixel_size if model == PIXELS else None}}
     runs = [{"seed": r["seed"], "linear": r["layers"], "per_class": r["per_class"]} for r in result["runs"]]
     record = {"model": model, "dataset": dataset, "dataset_name": info["name"],

@@ -201,3 +201,26 @@ def test_progress_is_one_log_line_per_epoch_in_a_pipe(tmp_path):
     rows = [r.split("\t") for r in (tmp_path / "dvclive/pretrain_ia/plots/metrics/knn_top1.tsv").read_text().splitlines()]
     init = json.loads((tmp_path / "metrics/pretrain_ia.json").read_text())["knn_top1_init"]
     assert rows[0] == ["step", "knn_top1"] and [r[0] for r in rows[1:]] == ["0", "1", "2"] and float(rows[1][1]) == init
+
+
+def test_check_refuses_a_readout_feature_cache_larger_than_the_memory_here(tmp_path):
+    """The paper preset with ImageNet's readout cached: 1,331,167 images x 351,232 official-pooling
+    features of ResNet-50 x 4 bytes (1.7 TiB) cannot fit; the embedded default's cache fits."""
+    from stages.params import cache_problems, validate_all
+    from stages.prepare import expected_sizes
+
+    def cached(p):
+        p["model"].update(arch="resnet50")
+        p["augment"]["crop_size"] = 224
+        p["prepare"]["object"] = {"source": "imagenet", "root": str(tmp_path / "imagenet")}
+        p["transfer"]["object"].update(crop_size=224, eval_resize=256, pool_rule="official", pool_target_dims=200000,
+                                       conv1_point="after_maxpool", train_augment="none", cache_features=True,
+                                       ten_crop=False)
+    proc = localagg("check", "--params", str(write_params(tmp_path, cached)), cwd=tmp_path)
+    _assert_user_error(proc, "transfer.object.cache_features: the feature cache of", "(1,281,167 training + 50,000 "
+                       "validation images)", "set cache_features: false")
+    sections = validate_all(REPO / "params.yaml", data_sizes=expected_sizes)  # the embedded default: it fits
+    assert cache_problems(sections["model"], sections["transfer"].object, "transfer.object", 8000, 2000,
+                          available=2**30) == []
+    assert cache_problems(sections["model"], sections["transfer"].object, "transfer.object", 8000, 2000,
+                          available=2**20) != []

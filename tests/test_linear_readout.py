@@ -10,12 +10,15 @@ from PIL import Image
 from localagg.data.augment import AugmentSpec
 from localagg.data.datasets import ArrayImages, FileImages
 from localagg.errors import UserError
-from localagg.evaluation.linear import (LayerReadout, LinearReadoutConfig, pooled_dim, train_linear_readout,
-                                       train_linear_readouts)
+from localagg.evaluation.heads import LayerReadout, pooled_dim
+from localagg.evaluation.linear import train_linear_readout, train_linear_readouts
+from localagg.evaluation.readout_config import LinearReadoutConfig
 from localagg.evaluation.transfer import knn_eval, load_backbone, network_space_fn, pixel_space_fn
 from localagg.models.backbone import READOUT_LAYERS, EmbeddingNet, RawPixels
 from localagg.runtime import checkpoint as ckpt
 from localagg.models.config import ModelConfig
+
+from .conftest import gloo_worker
 
 SIZE = 32
 SPEC = AugmentSpec(crop_size=28)
@@ -241,3 +244,43 @@ def test_the_raw_pixel_baseline_reads_out_the_normalised_input(tiny_data):
     assert set(knn) == {"pixels"} and knn["pixels"] >= 75.0
     with pytest.raises(UserError, match="only the layer 'pixels'"):
         RawPixels().features(torch.zeros(1, 3, 8, 8), ["conv1"])
+
+
+@gloo_worker
+def _readout_worker(rank: int, init: str, cfg, out):
+    from localagg.runtime.distributed import DistInfo
+
+    from .conftest import init_gloo
+
+    init_gloo(init, rank, 2)
+    train, val = intensity_classes(37, noise=60.0), intensity_classes(13, noise=60.0, seed=1)  # odd sizes
+    result = train_linear_readouts(tiny_model().double(), train, val, 4, cfg, SPEC, seeds=[0, 1],
+                                   dist=DistInfo(rank, 2, rank))
+    torch.save(result["runs"], out / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["augmented images, 10 crops", "cached features"])
+def test_two_gloo_processes_read_out_as_one_process(kind, tmp_path):
+    """Each rank takes its share of every global batch (a slice of the images, or the images of
+    its cache shard) and the gradients are summed: the same classifiers, accuracies and losses
+    as one process, in float64 (sqrt(eps64) on the losses; accuracies exactly)."""
+    import torch.multiprocessing as mp
+
+    from .conftest import rendezvous
+
+    kw = (dict(train_augment="random_resized_crop_flip", ten_crop=True) if kind.startswith("augmented")
+          else dict(train_augment="none", cache_features=True, ten_crop=False))
+    cfg = config(epochs=3, batch_size=8, layers=["conv1", "conv3", "conv5"], float64=True, lr=0.05,
+                 standardize_images=20, **kw)
+    train, val = intensity_classes(37, noise=60.0), intensity_classes(13, noise=60.0, seed=1)
+    single = train_linear_readouts(tiny_model().double(), train, val, 4, cfg, SPEC, seeds=[0, 1])["runs"]
+    mp.spawn(_readout_worker, args=(rendezvous(tmp_path), cfg, tmp_path), nprocs=2, join=True)
+    tol = float(torch.finfo(torch.float64).eps) ** 0.5
+    for rank in (0, 1):
+        runs = torch.load(tmp_path / f"rank{rank}.pt")
+        for got, expected in zip(runs, single):
+            assert got["layers"] == expected["layers"] and got["per_class"] == expected["per_class"]
+            for a, b in zip(got["history"], expected["history"]):
+                assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=tol, abs=tol) for k in a)
+    assert single[0]["history"] != single[1]["history"]  # the seeds are different runs: the check can fail

@@ -203,3 +203,33 @@ def _csv(path: Path) -> list[dict]:
 
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_datasets_moved_elsewhere_rerun_prepare_alone_and_a_changed_file_is_named(paper_run):
+    """ImageNet, Places205 and VOC moved (as onto a node's local NVMe) and their roots changed in
+    params: `prepare` reruns and writes the same bytes; no training or evaluation reruns (the
+    report does: it lists prepare's record, whose timings changed). Then an image
+    that differs from what `prepare` read stops a stage at its start, naming the file."""
+    repo, _ = paper_run
+    prepared = {p.relative_to(repo): p.read_bytes() for p in (repo / "data/prepared").rglob("*") if p.is_file()}
+    params = repo / "params.yaml"
+    p = yaml.safe_load(params.read_text())
+    old = Path(p["prepare"]["object"]["root"]).parent
+    moved = old.parent / "local-nvme"
+    shutil.move(str(old), str(moved))
+    for role, name in (("object", "imagenet"), ("transfer", "places205"), ("detection", "VOCdevkit")):
+        p["prepare"][role]["root"] = str(moved / name)
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    assert _ran(_run([str(BIN / "dvc"), "repro"], repo)) == {"prepare", "report"}
+    assert _stale(repo) == set()
+    assert {p.relative_to(repo): p.read_bytes() for p in (repo / "data/prepared").rglob("*") if p.is_file()} == prepared
+
+    image = sorted((moved / "imagenet/train").rglob("*.JPEG"))[0]
+    image.write_bytes(image.read_bytes() + b"\0" * 10)  # a different file under the same name
+    proc = subprocess.run([str(BIN / "localagg"), "transfer", "--model", "la", "--dataset", "object", "--params",
+                           "params.yaml"], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    said = " ".join(proc.stderr.split())  # the console wraps long lines
+    assert image.name in said and f"is {image.stat().st_size:,} bytes" in said, said
+    assert "changed since `prepare`" in said and "Rerun `dvc repro prepare`" in said, said

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +60,35 @@ def test_imagenet_manifest_from_good_tree(tmp_path):
     assert info.name == "imagenet" and info.kind == "files"
     assert info.classes == ["n01", "n02", "n03"]
     assert info.splits == {"train": 9, "val": 6}
-    assert read_info(tmp_path / "out").root == str(root.resolve())
-    paths, labels = read_files_split(tmp_path / "out", "train")
+    assert read_info(tmp_path / "out").root == root.resolve()  # known to this process, not written
+    assert "root" not in json.loads((tmp_path / "out/dataset.json").read_text())
+    paths, labels, sizes = read_files_split(tmp_path / "out", "train", sizes=True)
     assert paths[:3] == ["train/n01/a.JPEG", "train/n01/b.jpg", "train/n01/c.PNG"]
+    assert sizes.tolist() == [(root / p).stat().st_size for p in paths]
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     paths, labels = read_files_split(tmp_path / "out", "val")
     assert paths == [f"val/{w}/{n}" for w in ["n01", "n02", "n03"] for n in ["v1.JPEG", "v2.jpeg"]]
     assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_the_same_tree_at_another_root_prepares_to_the_same_bytes_and_a_changed_file_is_named(tmp_path):
+    from localagg.data import roots
+
+    root = _imagenet(tmp_path / "imagenet")
+    prepare_imagenet(root, tmp_path / "one", workers=1)
+    moved = tmp_path / "nvme" / "imagenet"
+    moved.parent.mkdir()
+    root.rename(moved)
+    prepare_imagenet(moved, tmp_path / "two", workers=1)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    paths, _, sizes = read_files_split(tmp_path / "two", "train", sizes=True)
+    roots.check_sample(tmp_path / "two", moved, paths, sizes)  # the same files: silent
+    (moved / paths[4]).write_bytes((moved / paths[4]).read_bytes()[:-7])
+    with pytest.raises(UserError, match=rf"{paths[4]} is .* bytes, but .* recorded .*changed since `prepare`"):
+        roots.check_sample(tmp_path / "two", moved, paths, sizes)
+    (moved / paths[4]).unlink()
+    with pytest.raises(UserError, match=rf"{paths[4]} does not exist, but the dataset prepared in"):
+        roots.check_sample(tmp_path / "two", moved, paths, sizes)
 
 
 def test_imagenet_is_byte_identical_when_prepared_twice(tmp_path):

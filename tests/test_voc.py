@@ -17,6 +17,7 @@ from localagg.data.voc import (
     VocObject,
     prepare_voc,
     read_annotation,
+    read_voc_manifest,
     validate_voc_year,
     write_annotation,
 )
@@ -139,7 +140,8 @@ def test_good_devkit_validates_and_manifest_counts(tmp_path):
     manifest = prepare_voc(root, out_dir, trainval=TRAINVAL, test=TEST, workers=1, name="voc_tiny")
     assert json.loads(out.read_text()) == manifest
     assert manifest["name"] == "voc_tiny"
-    assert manifest["root"] == str(root.resolve())
+    assert manifest["root"] is None  # the user's devkit: a run-time param, not written
+    assert read_voc_manifest(out)["root"] == str(root.resolve())  # this process knows it
     assert manifest["classes"] == list(VOC_CLASSES)
     assert manifest["splits"] == {"trainval": [["VOC2007", "trainval"], ["VOC2012", "trainval"]], "test": [["VOC2007", "test"]]}
     tv, te = manifest["counts"]["trainval"], manifest["counts"]["test"]

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from . import decode
 from .manifest import read_arrays_split, read_files_split, read_info
+from .roots import require_root
 
 
 def _to_chw3(img: np.ndarray) -> torch.Tensor:
@@ -101,7 +102,8 @@ def open_split(data_dir: str | Path, split: str, train: bool = False, crop_size:
         images, labels = read_arrays_split(data_dir, split)
         return ArrayImages(np.asarray(images), labels)
     paths, labels = read_files_split(data_dir, split)
-    return FileImages(info.root, paths, labels, crop_size, train, crop_scale, crop_ratio, resize, for_device)
+    return FileImages(require_root(data_dir), paths, labels, crop_size, train, crop_scale, crop_ratio, resize,
+                      for_device)
 
 
 def dataset_labels(ds: Dataset) -> torch.Tensor:

@@ -2,14 +2,16 @@
 
 A prepared classification dataset is one directory:
 
-    dataset.json          {"name", "kind", "root", "classes", "splits": {split: count}, "image_mode"}
-    <split>.csv           kind "files": header "path,label"; path relative to `root`,
-                          label an index into `classes`; rows sorted by path
+    dataset.json          {"name", "kind", "classes", "splits": {split: count}, "extra"}
+    <split>.csv           kind "files": header "path,label,bytes"; path relative to the dataset
+                          root, label an index into `classes`, bytes the file's size; rows
+                          sorted by path
     <split>_images.npy    kind "arrays": uint8 pixels, (N, H, W) grey or (N, H, W, 3) RGB
     <split>_labels.npy    kind "arrays": int64 labels, (N,)
 
 Big datasets (ImageNet, Places205) are "files": the manifest points into the user's root,
-which is never copied. Small embedded sets are "arrays": the pixels are packed.
+which is never copied and is not written here: it is a run-time param (`roots.py`), so the same
+files at another place give the same prepared bytes. Small embedded sets are "arrays": the pixels are packed.
 Every file is written deterministically (sorted rows, raw .npy, sorted JSON keys), so the
 same inputs give byte-identical outputs, and atomically (the whole directory is renamed
 into place).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,8 +30,10 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_path, read_json, write_json
+from .roots import root_of, set_root
 
 KINDS = ("files", "arrays")
+FILES_HEADER = ["path", "label", "bytes"]
 
 
 @dataclass
@@ -39,8 +44,8 @@ class DatasetInfo:
     kind: str  # "files" | "arrays"
     classes: list[str]
     splits: dict[str, int]
-    root: str | None = None  # absolute dataset root for kind "files"
     extra: dict = field(default_factory=dict)
+    root: Path | None = None  # kind "files": where its images are read from, set at run time (roots.py)
 
     def to_json(self) -> dict:
         return {
@@ -48,7 +53,6 @@ class DatasetInfo:
             "kind": self.kind,
             "classes": list(self.classes),
             "splits": dict(self.splits),
-            "root": self.root,
             "extra": self.extra,
         }
 
@@ -61,25 +65,27 @@ def write_files_dataset(
     splits: dict[str, Sequence[tuple[str, int]]],
     extra: dict | None = None,
 ) -> DatasetInfo:
-    """Write a kind-"files" dataset: one CSV of (relative path, label) per split."""
+    """Write a kind-"files" dataset: one CSV of (path relative to `root`, label, size in bytes)
+    per split. `root` itself is not written (it is a run-time param, roots.py)."""
     info = DatasetInfo(
         name=name,
         kind="files",
         classes=list(classes),
         splits={s: len(rows) for s, rows in splits.items()},
-        root=str(Path(root).resolve()),
         extra=extra or {},
+        root=Path(root).resolve(),
     )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         for split, rows in splits.items():
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(["path", "label"])
+            writer.writerow(FILES_HEADER)
             for path, label in sorted(rows):
-                writer.writerow([path, int(label)])
+                writer.writerow([path, int(label), os.stat(os.path.join(root, path)).st_size])
             (tmp / f"{split}.csv").write_text(buf.getvalue())
         write_json(tmp / "dataset.json", info.to_json())
+    set_root(out_dir, root)  # this process knows where the files are; another takes it from params
     return info
 
 
@@ -112,28 +118,39 @@ def write_arrays_dataset(
 
 
 def read_info(data_dir: str | Path) -> DatasetInfo:
-    """Read `dataset.json`; a missing or foreign directory is a UserError naming the stage."""
+    """Read `dataset.json` (a kind-"files" set with the root set for it in this process, if
+    any); a missing or foreign directory is a UserError naming the stage."""
     path = Path(data_dir) / "dataset.json"
     if not path.is_file():
         raise UserError(f"{path} does not exist: run the `prepare` stage first (`dvc repro prepare`).")
     raw = read_json(path)
     if raw.get("kind") not in KINDS:
         raise UserError(f"{path}: unknown dataset kind {raw.get('kind')!r}; expected one of {KINDS}.")
-    return DatasetInfo(**raw)
+    if "root" in raw:
+        raise UserError(f"{path} was written by an older localagg (it records the dataset's root): rerun "
+                        "`dvc repro prepare`.")
+    info = DatasetInfo(**raw)
+    info.root = root_of(data_dir) if info.kind == "files" else None
+    return info
 
 
-def read_files_split(data_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
-    """Relative paths and int64 labels of one split of a kind-"files" dataset."""
+def read_files_split(data_dir: str | Path, split: str, sizes: bool = False):
+    """Relative paths and int64 labels of one split of a kind-"files" dataset (and the files'
+    int64 sizes in bytes with `sizes`)."""
     path = Path(data_dir) / f"{split}.csv"
     if not path.is_file():
         raise UserError(f"{path} does not exist: the prepared dataset has no split {split!r}.")
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
-        if header != ["path", "label"]:
-            raise UserError(f"{path}: expected header 'path,label', got {header}.")
+        if header != FILES_HEADER:
+            raise UserError(f"{path}: expected header {','.join(FILES_HEADER)!r}, got {','.join(header)!r}; "
+                            "rerun `dvc repro prepare`.")
         rows = list(reader)
-    return [r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64)
+    paths, labels = [r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64)
+    if sizes:
+        return paths, labels, np.asarray([int(r[2]) for r in rows], dtype=np.int64)
+    return paths, labels
 
 
 def read_arrays_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,7 @@ from ..errors import DatasetError, UserError
 from ..io import write_json
 from ..progress import track
 from .image_check import find_undecodable, image_size
+from .roots import require_root, set_root
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle",
@@ -336,6 +337,8 @@ def read_voc_manifest(path: str | os.PathLike) -> dict:
     manifest = json.loads(path.read_text())
     if "annotations" not in manifest:
         raise UserError(f"{path} was written by an older localagg (no normalised annotations): rerun `dvc repro prepare`.")
+    if manifest["root"] is None:  # the user's VOCdevkit: a run-time param (roots.py)
+        manifest["root"] = str(require_root(path.parent))
     for key in ("root", "annotations"):
         manifest[key] = str((path.parent / manifest[key]).resolve())
     return manifest
@@ -426,7 +429,9 @@ def prepare_voc(
     root_abs, out_abs = root.resolve(), out_dir.resolve()
     manifest = {
         "name": name,
-        "root": str(root_abs.relative_to(out_abs)) if root_abs.is_relative_to(out_abs) else str(root_abs),
+        # images built beside the manifest are named relative to it; the user's VOCdevkit is not
+        # written (a run-time param, roots.py), so moving it changes no prepared byte
+        "root": str(root_abs.relative_to(out_abs)) if root_abs.is_relative_to(out_abs) else None,
         "annotations": ANNOTATIONS,
         "classes": classes,
         "splits": {k: [list(p) for p in v] for k, v in sets.items()},
@@ -434,6 +439,8 @@ def prepare_voc(
         "sha256": digests,
     }
     write_json(out_dir / MANIFEST, manifest)
+    if manifest["root"] is None:
+        set_root(out_dir, root_abs)
     return manifest
 
 

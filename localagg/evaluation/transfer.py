@@ -30,7 +30,8 @@ from ..models.config import ModelConfig
 from ..progress import track
 from ..runtime import checkpoint as ckpt
 from ..runtime.distributed import DistInfo, pick_device
-from .linear import LinearReadoutConfig, iter_batches
+from .linear import iter_batches
+from .readout_config import LinearReadoutConfig
 from .spaces import network_spaces, pixel_space
 from .views import query_indices
 
@@ -74,7 +75,8 @@ def network_space_fn(model: EmbeddingNet, spec: AugmentSpec, device: str | torch
     """The kNN spaces of a frozen network (moved to `device`, eval mode, weights unchanged):
     `spaces.network_spaces` at the evaluation geometry."""
     model = model.to(device if isinstance(device, torch.device) else pick_device(device)).eval()
-    return lambda images: network_spaces(model, model.pooled(augment.evaluate_transform(images, spec)))
+    dtype = next(model.parameters()).dtype  # float64 after a float64 readout
+    return lambda images: network_spaces(model, model.pooled(augment.evaluate_transform(images, spec).to(dtype)))
 
 
 def pixel_space_fn(spec: AugmentSpec, size: int) -> SpaceFn:
