@@ -145,6 +145,8 @@ def transfer(
     model, dataset = model.value, dataset.value
     with stage_run(f"transfer-{transfer_cell(model, dataset)}", str(transfer_metrics_path(model, dataset))):
         record = stage.run(model, dataset, params)
+    if record is None:  # a rank other than 0 of a multi-process cell: rank 0 reports
+        return
     line = stage.headline(record["runs"], record["knn"])
     err_console.print(f"transfer {model} on {dataset}: " + ", ".join(f"{k} {v:.2f}" for k, v in line.items())
                       + f" (mean over seeds {record['seeds']})")
@@ -210,6 +212,34 @@ def check(params: Path = ParamsOption) -> None:
 
     sections = validate_all(params, data_sizes=expected_sizes)
     err_console.print(f"{params}: {len(sections)} section(s) valid: {', '.join(sections)}")
+
+
+@app.command()
+@user_errors
+def plan(
+    params: Path = ParamsOption,
+    gpus: Optional[int] = typer.Option(None, min=0, help="GPUs of the node to plan for (default: this machine's)"),
+    gpu_gib: Optional[float] = typer.Option(None, min=0, help="memory of each GPU, GiB"),
+    host_gib: Optional[float] = typer.Option(None, min=0, help="host memory of the node, GiB"),
+    disk_gib: Optional[float] = typer.Option(None, min=0, help="free disk, GiB"),
+    cores: Optional[int] = typer.Option(None, min=1, help="CPU cores of the node"),
+) -> None:
+    """Items, memory, disk and time of every stage for these params, before anything runs; then
+    what would not fit on the node (exit 1 if anything)."""
+    from .plan import GIB, Machine, plan as make_plan, render
+
+    here = Machine.here()
+    machine = Machine(
+        gpus=here.gpus if gpus is None else gpus,
+        gpu_bytes=here.gpu_bytes if gpu_gib is None else int(gpu_gib * GIB),
+        host_bytes=here.host_bytes if host_gib is None else int(host_gib * GIB),
+        disk_bytes=here.disk_bytes if disk_gib is None else int(disk_gib * GIB),
+        cores=here.cores if cores is None else cores,
+    )
+    costs, problems = make_plan(params, machine)
+    typer.echo(render(costs, problems, machine), nl=False)
+    if problems:
+        raise typer.Exit(1)
 
 
 @preset_app.command("list")

@@ -3,6 +3,7 @@ the CPU) and write the report, so the script is checked where no GPU is at hand.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,10 @@ def test_every_measurement_runs_and_is_reported(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    for row in ("IR pretraining, ResNet-50, JPEG files through the loader", "LA pretraining, ResNet-50",
-                "floor: forward/backward/SGD", "peak GPU memory", "faiss k-means", "LA objective + bank update",
-                "Detectron2 Faster R-CNN R50-C4"):
+    for row in ("IR pretraining, ResNet-50, 1 process", "`localagg pretrain-la` on 2 process(es) under torchrun, "
+                "SyncBN on", "floor: forward/backward/SGD", "k-means (torch, sharded), 2,000 x 128 into 20",
+                "LA objective + bank update", "kNN monitor, 500 queries x 5,000 bank rows",
+                "linear readout, paper pooling, 5 layers, 10 crops", "Detectron2 Faster R-CNN R50-C4"):
         assert row in text, row
+    figures = json.loads(out.with_suffix(".json").read_text())  # what `localagg plan` reads
+    assert figures["world_size"] == 2 and figures["train_img_per_s_per_gpu"] > 0
