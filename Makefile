@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast bench smoke-gpu lock clean-venv
+.PHONY: setup repro test test-fast test-equality bench smoke-gpu lock clean-venv
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,13 @@ test: setup
 
 test-fast: setup
 	$(PYTEST) -m "not slow"
+
+# The tests that compare two code paths (2 processes against 1, resumed against uninterrupted,
+# cached against uncached, an objective against its slow reference), again under other CPU
+# kernels: AVX2 (no AVX-512) by default, or ATEN_CPU_CAPABILITY=default (no AVX). .ci/run runs it.
+EQUALITY := gloo_processes or two_processes or sync_bn or interrupted_then_resumed or cached_and_uncached or reference or as_one_process or equal
+test-equality: setup
+	ATEN_CPU_CAPABILITY=$${ATEN_CPU_CAPABILITY:-avx2} $(PYTEST) -k "$(EQUALITY)"
 
 bench: setup
 	$(BIN)/python -m benchmarks

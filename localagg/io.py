@@ -7,6 +7,7 @@ when source and target are on the same filesystem.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import UserError
 
 
 @contextlib.contextmanager
@@ -62,3 +65,29 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, quota, file-size limit (ulimit -f)
+
+
+class DiskFull(UserError):
+    """A write that ran out of space, said once, with the path, the space free there and what
+    the file needed (where known)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, needed: int | None = None):
+        where = Path(path).resolve().parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        need = f" about {needed / 2**20:,.0f} MiB," if needed else ""
+        super().__init__(f"{path}: cannot be written ({reason}). The file needs{need} and {free / 2**20:,.0f} MiB "
+                         f"are free on the file system of {where}; free some space (or raise the quota or `ulimit "
+                         "-f`) and rerun. Nothing was half-written: the previous outputs are whole.")
+
+
+def is_full(exc: BaseException) -> bool:
+    """An OSError of a full disk, quota or file-size limit, or torch.save's RuntimeError for one."""
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_ERRNOS
+    return isinstance(exc, RuntimeError) and ("file write failed" in str(exc) or "unexpected pos" in str(exc))
+

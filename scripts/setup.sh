@@ -67,8 +67,14 @@ ensure_system_data() {
     [ -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ] && return
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing Debian package dataset-fashion-mnist (real Fashion-MNIST, ~31 MB, MIT)"
-        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >&2 \
-            || die "apt-get install dataset-fashion-mnist failed (see above)."
+        # another apt or dpkg (a shared machine's unattended upgrades) may hold the lock: wait for it
+        local lock="-o DPkg::Lock::Timeout=${APT_LOCK_TIMEOUT_S:-600}"
+        if command -v fuser >/dev/null 2>&1 && fuser /var/lib/dpkg/lock-frontend /var/lib/apt/lists/lock >/dev/null 2>&1; then
+            say "another apt/dpkg process holds the package lock: waiting up to ${APT_LOCK_TIMEOUT_S:-600} s for it"
+        fi
+        apt-get $lock update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get $lock install -y -qq dataset-fashion-mnist >&2 \
+            || die "apt-get install dataset-fashion-mnist failed (see above; if the package lock was held, retry when \
+the other apt/dpkg process has finished, or set APT_LOCK_TIMEOUT_S)."
     else
         die "Fashion-MNIST is missing from $FASHION_DIR. Run as root:
   apt-get update && apt-get install -y dataset-fashion-mnist

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from localagg.errors import UserError
-from localagg.io import write_json
+from localagg.io import DiskFull, is_full, write_json
 from localagg.process import terminate_on_sigterm
 
 from .guard import stage_lock, watch_owner
@@ -60,6 +60,12 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except UserError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+            sys.exit(2)
+        except OSError as exc:  # a full disk anywhere else (JSON, figures, manifests): one message too
+            if not is_full(exc):
+                raise
+            message = str(DiskFull(exc.filename or "a file", exc.strerror or "no space left"))
+            err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             sys.exit(2)
 
     return wrapper
@@ -118,10 +124,49 @@ class DvcLiveLogger:
             self.live.end()
 
 
+def run_environment() -> dict:
+    """What ran, beyond params: the code (git commit, and whether the tree had uncommitted
+    changes), the libraries, the CPU kernels and thread count (float results depend on both),
+    the device. Results are byte-identical across runs only where all of it is the same."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+
+    import torch
+
+    def version(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "git_commit": commit, "git_dirty": bool(dirty) if dirty is not None else None,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": version("numpy"), "faiss": version("faiss-cpu") or version("faiss-gpu-cu12"),
+        "detectron2": getattr(sys.modules.get("detectron2"), "__version__", None) or version("detectron2"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
+
+
 def write_results(metrics: Path, record: dict, headline: dict) -> None:
-    """Write the stage's record (everything: numbers, protocol, cost) to records/..., then its
-    headline numbers to metrics/... (`paths.record_path`); the metrics file last, so a stage
-    that stops in between leaves no metrics file newer than its record."""
+    """Write the stage's record (everything: numbers, protocol, cost, the run environment) to
+    records/..., then its headline numbers to metrics/... (`paths.record_path`); the metrics
+    file last, so a stage that stops in between leaves no metrics file newer than its record."""
+    record["environment"] = run_environment()
     write_json(record_path(metrics), record)
     write_json(metrics, headline)
 

@@ -71,6 +71,10 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
     from localagg.runtime.checkpoint import load_export
 
     export = load_export(ckpt)
+    from localagg.models.backbone import check_meta
+
+    model_cfg = load_section(params, "model")
+    check_meta(export["model_meta"], {"arch": model_cfg.arch}, str(ckpt))  # the trunk the detector gets
     converted = det.convert_to_detectron2(export["model"], export["model_meta"])  # non-ResNet: clear error
     arch = export["model_meta"]["arch"]
     train_names, test_names = det.register_voc_manifest(manifest, DATASET_PREFIX)  # checks folders and classes
@@ -162,7 +166,9 @@ def _identity(cfg, ckpt: Path, manifest: dict) -> dict:
 
     for path in sorted(Path(localagg.detection.__file__).parent.glob("*.py")) + [Path(__file__)]:
         code.update(path.read_bytes())
-    data = {k: v for k, v in manifest.items() if k != "root"}
+    # where the workspace and the images are is not what the detector depends on: the manifest's
+    # content is (the annotations' sha256 included), so a moved workspace resumes
+    data = {k: v for k, v in manifest.items() if k not in ("root", "annotations")}
     return {"config": hashlib.sha256(cfg.dump().encode()).hexdigest(), "backbone": file_sha256(ckpt),
             "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
             "code": code.hexdigest()}

@@ -121,6 +121,15 @@ class PrepareParams(Section):
     transfer: TransferSet = TransferSet()
     detection: DetectionSet = DetectionSet()
 
+    @model_validator(mode="after")
+    def _synthetic_detection_needs_fashion_mnist(self):
+        if self.detection.source == "synthetic" and self.object.source != "fashion_mnist":
+            raise ValueError(
+                f"detection.source synthetic builds its scenes from Fashion-MNIST, but object.source is "
+                f"{self.object.source}; set detection.source: voc with detection.root (a VOCdevkit), or use "
+                "object.source: fashion_mnist")
+        return self
+
 
 class RandomInitParams(Section):
     """The `random` baseline: the untrained network. With the pretraining seed it is exactly

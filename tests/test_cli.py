@@ -45,6 +45,10 @@ def test_unknown_key_is_named(tmp_path):
     (lambda p: p["prepare"]["object"].update(root="/nonexistent/fm"), ["prepare.object.root = /nonexistent/fm", "does not exist"]),
     (lambda p: p.update(pretrain_iaa={}), ["unknown section pretrain_iaa (did you mean pretrain_ia?)"]),
     (lambda p: p["prepare"]["detection"].update(objects_per_image=[3, 1]), ["objects_per_image"]),
+    # ImageNet with the synthetic detection set: refused up front, not after decoding every image
+    (lambda p: p["prepare"]["object"].update(source="imagenet", root="/nonexistent/imagenet", num_train=0, num_val=0,
+                                             canvas=0),
+     ["detection.source synthetic builds its scenes from Fashion-MNIST, but object.source is imagenet"]),
 ])
 def test_bad_prepare_params_stop_before_work(tmp_path, mutate, fragments):
     _assert_user_error(localagg("prepare", "--params", str(write_params(tmp_path, mutate))), *fragments)
@@ -213,6 +217,7 @@ def test_check_refuses_a_readout_feature_cache_larger_than_the_memory_here(tmp_p
         p["model"].update(arch="resnet50")
         p["augment"]["crop_size"] = 224
         p["prepare"]["object"] = {"source": "imagenet", "root": str(tmp_path / "imagenet")}
+        p["prepare"]["detection"] = {"source": "voc", "root": str(tmp_path / "VOCdevkit")}
         p["transfer"]["object"].update(crop_size=224, eval_resize=256, pool_rule="official", pool_target_dims=200000,
                                        conv1_point="after_maxpool", train_augment="none", cache_features=True,
                                        ten_crop=False)
@@ -224,3 +229,32 @@ def test_check_refuses_a_readout_feature_cache_larger_than_the_memory_here(tmp_p
                           available=2**30) == []
     assert cache_problems(sections["model"], sections["transfer"].object, "transfer.object", 8000, 2000,
                           available=2**20) != []
+
+
+def _file_size_limit(limit: int):
+    """For the child: writes past `limit` bytes fail with EFBIG (a full disk's error path),
+    without the SIGXFSZ that would kill the process first."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_is_one_message_naming_the_file_and_the_old_output_stays_whole(tmp_path):
+    """The untrained model (~45 MB) under a 1 MB file-size limit: one message with the path, the
+    space it needs and what is free; no traceback, no temporary left, the old model untouched."""
+    params = write_params(tmp_path, lambda p: None)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/random.pt").write_bytes(b"the previous model")
+    proc = subprocess.run([sys.executable, "-m", "stages", "random-init", "--params", str(params)], cwd=tmp_path,
+                          capture_output=True, text=True, preexec_fn=_file_size_limit(2**20))
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "models/random.pt: cannot be written (no space left). The file needs about 4" in said, said
+    assert "MiB are free on the file system of" in said and "Nothing was half-written" in said
+    assert (tmp_path / "models/random.pt").read_bytes() == b"the previous model"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["random.pt"]

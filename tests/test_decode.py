@@ -162,3 +162,39 @@ def test_device_decoding_trains_from_the_same_crops(jpeg_data, tmp_path):
     b = next(iter(device._train_batches(batches, 0, 0)))
     assert torch.equal(a[2], b[2]) and (a[0].float() - b[0].float()).abs().mean() < 6.0
     assert device.run().epochs == 1 and device.protocol()["config"]["jpeg_decode"] == "device"
+
+
+def _png_header(path, width: int, height: int) -> None:
+    """A PNG whose header says width x height (no pixel data needed to read the size)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_the_size_policy_decodes_big_jpegs_quietly_and_names_a_file_above_it(tmp_path):
+    """A 10,000 x 10,000 JPEG (over PIL's 89 Mpx warning) decodes without a warning, at a reduced
+    DCT scale; a 20,000 x 20,000 image (PIL's DecompressionBombError, a 65-line traceback) is
+    one message naming the file, at `prepare`'s check and when a stage reads it."""
+    import warnings
+
+    from localagg.data.image_check import check_image
+    from localagg.errors import UserError
+
+    big = tmp_path / "big.JPEG"
+    Image.new("L", (10_000, 10_000), 128).save(big, quality=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DecompressionBombWarning would fail here
+        crop = decode.decode_box(big, (0, 0, 10_000, 10_000), 32)
+        assert check_image(big) is None
+    assert crop.shape == (3, 32, 32) and int(crop.float().mean().round()) == 128
+    bomb = tmp_path / "bomb.png"
+    _png_header(bomb, 20_000, 20_000)
+    assert check_image(bomb).startswith("the image is 20,000 x 20,000 pixels, more than the 268,435,456")
+    ds = FileImages(tmp_path, ["bomb.png"], np.zeros(1), 32)
+    with pytest.raises(UserError, match=r"bomb.png: the image is 20,000 x 20,000 pixels.*prepare.object.exclude"):
+        ds[0]

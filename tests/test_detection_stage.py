@@ -15,6 +15,7 @@ import yaml
 from localagg.data.synthetic_detection import build_synthetic_voc
 from localagg.data.voc import prepare_voc
 from localagg.models.backbone import EmbeddingNet
+from localagg.runtime import checkpoint as ckpt
 from localagg.runtime.checkpoint import save_export
 from localagg.detection.train import CHECKPOINT, PROGRESS, checkpoint_progress
 from stages import detection as stage
@@ -64,7 +65,7 @@ class FakeLaunch:
             logger.log_step(2, {"total_loss": 1.5})
             logger.log_step(4, {"total_loss": 1.0})
         logger.log_step(4, aps)
-        (out / CHECKPOINT).write_bytes(b"checkpoint")
+        ckpt.save({"iterations": 4}, out / CHECKPOINT)
         (out / PROGRESS).write_text(json.dumps({"iterations": 4, "final": True}))
         return aps
 
@@ -109,6 +110,28 @@ def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monke
     assert fake.calls[-1]["had_checkpoint"] is False
 
 
+def test_a_moved_workspace_resumes_its_checkpoint(workdir, monkeypatch):
+    import shutil
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    def forget_registrations():  # each stage is a fresh process; these runs share this one
+        for name in [n for n in DatasetCatalog.list() if n.startswith(stage.DATASET_PREFIX)]:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+    fake = FakeLaunch()
+    monkeypatch.setattr("localagg.detection.train.launch_training", fake)
+    forget_registrations()
+    stage.run("la", 0, Path("params.yaml"))
+    forget_registrations()
+    moved = workdir.parent / "moved"
+    shutil.move(str(workdir), str(moved))
+    monkeypatch.chdir(moved)
+    stage.run("la", 0, Path("params.yaml"))
+    assert [c["had_checkpoint"] for c in fake.calls] == [False, True]  # before: started over, blaming params
+
+
 def test_a_seed_outside_the_seed_list_is_refused(workdir, monkeypatch):
     from localagg.errors import UserError
 
@@ -128,6 +151,29 @@ def test_a_non_resnet_stem_stops_before_training(workdir, monkeypatch):
     with pytest.raises(UserError, match="imagenet stem"):
         stage.run("la", 0, Path("params.yaml"))
     assert fake.calls == [] and not Path("checkpoints").exists()
+
+
+def test_a_model_of_another_architecture_than_the_params_stops_before_training(workdir, monkeypatch):
+    """A ResNet-50 export where params say ResNet-18: refused at once (it trained for 9 minutes)."""
+    from localagg.errors import UserError
+
+    fake = FakeLaunch()
+    monkeypatch.setattr("localagg.detection.train.launch_training", fake)
+    save_export("models/la.pt", EmbeddingNet("resnet50", "imagenet", 16), "la")
+    with pytest.raises(UserError, match="arch: checkpoint has 'resnet50', config asks for 'resnet18'"):
+        stage.run("la", 0, Path("params.yaml"))
+    assert fake.calls == [] and not Path("checkpoints").exists()
+
+
+def test_a_truncated_checkpoint_counts_as_no_progress(tmp_path):
+    """The record's resumed_from and the curve's replay follow what can be resumed: a
+    truncated checkpoint with its progress file says 0 iterations done, not 10."""
+    ckpt.save({"iterations": 10}, tmp_path / CHECKPOINT)
+    (tmp_path / PROGRESS).write_text(json.dumps({"iterations": 10, "final": False}))
+    assert checkpoint_progress(tmp_path) == {"iterations": 10, "final": False}
+    data = (tmp_path / CHECKPOINT).read_bytes()
+    (tmp_path / CHECKPOINT).write_bytes(data[: len(data) // 2])
+    assert checkpoint_progress(tmp_path) == {"iterations": 0, "final": False}
 
 
 def test_params_yaml_detection_section_is_the_cpu_default():

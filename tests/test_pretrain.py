@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 
 import pytest
 import torch
@@ -106,6 +108,24 @@ def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):
     make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").run()
     other = make_trainer(ir_cfg(epochs=1, lr=0.01), MODEL, AUG, tiny_data, tmp_path / "ck")
     assert not other.try_resume()
+
+
+def test_data_changed_under_the_same_name_and_count_is_neither_resumed_nor_warm_started_from(tiny_data, tmp_path):
+    """prepare.seed changed the images, not the dataset's name or size: the checkpoint and the
+    IR export of the old data are refused, and the model trained on the new data differs."""
+    ir = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    ir.run()
+    ir.export(tmp_path / "ir.pt")
+    old = {k: v.clone() for k, v in ir.model.state_dict().items()}
+    make_arrays_dataset(tiny_data.parent / "reseeded", seed=1)  # same name "tiny", same 32 + 16 images
+    for name in ("train_images.npy", "train_labels.npy"):
+        (tiny_data / name).write_bytes((tiny_data.parent / "reseeded" / name).read_bytes())
+    again = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    assert not again.try_resume()  # before: resumed as finished, with the old model
+    again.run()
+    assert any(not torch.equal(old[k], v) for k, v in again.model.state_dict().items() if v.is_floating_point())
+    with pytest.raises(UserError, match="was trained on other data than this run's tiny"):
+        make_trainer(la_cfg(), MODEL, AUG, tiny_data, tmp_path / "la", init_from=tmp_path / "ir.pt")
 
 
 def test_warm_start_of_another_architecture_or_dataset_is_a_clear_error(tiny_data, tmp_path):
@@ -325,3 +345,35 @@ def test_on_and_off_read_as_booleans_mean_on_and_off():
     """PyYAML reads an unquoted `on` as True, and DVC writes params unquoted after `exp run -S`."""
     cfg = ir_cfg(channels_last=True, amp=False)
     assert (cfg.channels_last, cfg.amp) == ("on", "off")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_at_the_next_step_with_a_checkpoint_and_the_rerun_ends_as_a_clean_run(signum, tiny_data,
+                                                                                             tmp_path, caplog):
+    """A preemption's SIGTERM (or Ctrl-C) in the middle of epoch 2: the run saves a checkpoint at
+    that step and exits 128 + signal with a message; rerun, it resumes there and ends with the
+    model of an uninterrupted run (before: exit 143 with no checkpoint since epoch 1)."""
+    cfg = ir_cfg(epochs=3)
+    full = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "full")
+    full.run()
+    cut = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut")
+    after_step = cut.method.after_step
+    calls = []
+
+    def signalled(*args):
+        after_step(*args)
+        calls.append(1)
+        if len(calls) == 6:  # 4 steps an epoch: inside epoch 2
+            os.kill(os.getpid(), signum)
+
+    cut.method.after_step = signalled
+    with caplog.at_level("WARNING"), pytest.raises(SystemExit) as stop:
+        cut.run()
+    assert stop.value.code == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name} at epoch 2, step 2 of 4; checkpoint saved" in caplog.text
+    assert ckpt.load(tmp_path / "cut" / "last.pt")["global_step"] == 6
+    assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # handlers given back
+    resumed = make_trainer(cfg, MODEL, AUG, tiny_data, tmp_path / "cut")
+    resumed.run()
+    _same_state(full.model.state_dict(), resumed.model.state_dict())
+    assert [h["loss"] for h in resumed.state.history] == [h["loss"] for h in full.state.history]

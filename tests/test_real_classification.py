@@ -258,3 +258,31 @@ def test_places205_exclude_skips_missing_and_corrupt_images(tmp_path):
     info = prepare_places205(root, tmp_path / "out", workers=1, exclude=exclude)
     assert info.splits == {"train": 4, "val": 3}
     assert info.classes == ["abbey", "bus_interior", "field/wild"]
+
+
+def test_places205_list_lines_that_leave_the_root_are_refused_with_file_and_line(tmp_path):
+    """`a/../../../outside/secret.jpg 2` would read (and list) a file outside the release."""
+    outside = tmp_path / "outside" / "secret.jpg"
+    _write(outside, _image_bytes())
+    depth = len(Path(PLACES_IMAGES).parts) + 1
+    hostile = [f"a/{'../' * depth}outside/secret.jpg 1", "a/./abbey/00000001.jpg 0"]
+    root = _places(tmp_path / "places", PLACES_GOOD_TRAIN + hostile, PLACES_GOOD_VAL, make_images=False)
+    for line in PLACES_GOOD_TRAIN + PLACES_GOOD_VAL:
+        _write(root / PLACES_IMAGES / line.split()[0], _image_bytes())
+    with pytest.raises(DatasetError) as err:
+        prepare_places205(root, tmp_path / "out", workers=1)
+    n = len(PLACES_GOOD_TRAIN)
+    assert any(p.startswith(f"{PLACES_TRAIN}:{n + 1}: path 'a/../") and "leaves" in p for p in err.value.problems)
+    assert any(p.startswith(f"{PLACES_TRAIN}:{n + 2}: path 'a/./abbey") for p in err.value.problems)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_path_that_leaves_the_root_is_refused_when_read(tmp_path):
+    root = _imagenet(tmp_path / "imagenet")
+    prepare_imagenet(root, tmp_path / "out", workers=1)
+    csv_path = tmp_path / "out" / "train.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[1] = "../../etc/passwd,0,10"
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"train.csv: path '../../etc/passwd' leaves the dataset root"):
+        read_files_split(tmp_path / "out", "train")

@@ -53,3 +53,6 @@ def test_a_transfer_cell_on_two_processes_records_what_one_process_records(tmp_p
                  for d in ("one", "two")]
     rows = [[float(line.split("\t")[1]) for line in h.splitlines()[1:]] for h in histories]
     assert rows[1] == pytest.approx(rows[0], rel=1e-8)
+    # what ran beyond params: float results depend on the CPU kernels and the thread count
+    env = one["environment"]
+    assert env["torch_threads"] >= 1 and env["cpu_capability"] and env["torch"] and "git_commit" in env

@@ -256,3 +256,24 @@ def test_missing_root_and_bad_arguments_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="both trainval and test"):
         prepare_voc(root, tmp_path / "m", trainval=TEST, test=TEST)
     assert not (tmp_path / "m").exists()
+
+
+def test_image_ids_that_leave_the_devkit_are_refused_and_nothing_is_written_outside(tmp_path):
+    """ids like ../../outside/evil and /abs/evil would read XML and images outside the root,
+    and the normalised copies would be written outside the outputs."""
+    root = _devkit(tmp_path / "VOCdevkit")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.xml").write_bytes((root / "VOC2007/Annotations" / f"{next(iter(LAYOUT['VOC2007']['trainval']))}.xml")
+                                       .read_bytes())
+    (outside / "evil.jpg").write_bytes(_jpeg(7))
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    listing = root / "VOC2007/ImageSets/Main/trainval.txt"
+    n = len(listing.read_text().splitlines())
+    listing.write_text(listing.read_text() + "../../../outside/evil\n" + f"{outside}/evil\n")
+    with pytest.raises(DatasetError) as err:
+        prepare_voc(root, tmp_path / "out", trainval=TRAINVAL, test=TEST, workers=1)
+    said = "\n".join(err.value.problems)
+    assert f"{listing}:{n + 1}: image id '../../../outside/evil' is not a plain file name" in said
+    assert f"{listing}:{n + 2}: image id '{outside}/evil' is not a plain file name" in said
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before and not (tmp_path / "out").exists()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import UserError
@@ -84,7 +83,7 @@ class FileImages(Dataset):
         try:
             if self.for_device:
                 return decode.read_for_device(path, self._box_of(draws), self.size), self.labels[i], i
-            with Image.open(path) as im:
+            with decode.open_image(path) as im:
                 return decode._resample(im, self._box_of(draws)(*im.size), self.size), self.labels[i], i
         except OSError as exc:
             raise UserError(f"{path}: cannot read image ({exc}); rerun `prepare` with check_images: true.") from None

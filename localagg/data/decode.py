@@ -20,7 +20,14 @@ Device decoding (`ImageBytes`, `decode_on_device`): the loader workers only read
 its header and compute the box; the main process decodes the JPEG bytes with
 torchvision.io.decode_jpeg on the training device (nvjpeg on CUDA) and crops and resizes
 there. Files that are not plain RGB or grey JPEGs (CMYK, PNG under a .JPEG name) are decoded
-by the worker instead.
+by the worker instead, and so are JPEGs over DEVICE_MAX_PIXELS (decoded at a reduced DCT scale
+on the CPU rather than at full size in GPU memory).
+
+Size policy (`open_image`): localagg reads images of up to MAX_PIXELS (16,384 x 16,384) and
+lifts PIL's decompression-bomb limit (89 Mpx: a warning on every decode, an error at twice
+that) for them: a big JPEG costs little here, as draft mode decodes it at 1/8 of its side.
+A larger image is refused, naming the file: by `prepare`'s image check, or when a stage
+reads it (prepare.check_images: false); list it in prepare.*.exclude or downscale it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from ..errors import UserError
+
+Image.MAX_IMAGE_PIXELS = None  # PIL's bomb limit is replaced by MAX_PIXELS below (the size policy)
 
 ATTEMPTS = 10
 DRAW_WIDTH = 2 * ATTEMPTS + 2  # per image: (u_area, u_ratio) x ATTEMPTS, then (u_x, u_y)
@@ -71,9 +82,29 @@ def eval_box(width: int, height: int, resize: int, size: int) -> tuple[float, fl
     return (width - side) / 2, (height - side) / 2, side, side
 
 
+MAX_PIXELS = 16384 * 16384
+DEVICE_MAX_PIXELS = 4096 * 4096
+
+
+class ImageTooLarge(UserError):
+    pass
+
+
+def open_image(path) -> Image.Image:
+    """Image.open under the size policy (module docstring): the header is read, not the pixels."""
+    im = Image.open(path)
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise ImageTooLarge(f"{path}: the image is {width:,} x {height:,} pixels, more than the {MAX_PIXELS:,} "
+                            "localagg reads; downscale it, or list it in prepare.object.exclude (or "
+                            "prepare.transfer.exclude) and rerun `dvc repro prepare`.")
+    return im
+
+
 def decode_box(path, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
     """The `box` (x0, y0, w, h) of the image at `path`, resampled to uint8 (3, size, size)."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         return _resample(im, box, size)
 
 
@@ -104,9 +135,9 @@ class ImageBytes:
 
 def read_for_device(path, box_of, size: int) -> ImageBytes:
     """The file and its box (`box_of(width, height)`); decoded here when it is not a plain JPEG."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         box = box_of(*im.size)
-        if im.format == "JPEG" and im.mode in ("RGB", "L"):
+        if im.format == "JPEG" and im.mode in ("RGB", "L") and im.width * im.height <= DEVICE_MAX_PIXELS:
             with open(path, "rb") as f:
                 return ImageBytes(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8), box)
         return ImageBytes(None, box, _resample(im, box, size))

@@ -18,8 +18,10 @@ def check_image(path: str | os.PathLike) -> str | None:
     JPEGs are decoded in draft mode (reduced scale), which reads the whole entropy-coded
     stream and so catches truncation, at a fraction of the cost of a full decode.
     """
+    from .decode import ImageTooLarge, open_image
+
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
@@ -27,6 +29,8 @@ def check_image(path: str | os.PathLike) -> str | None:
                 return "empty image"
     except FileNotFoundError:
         return "file not found"
+    except ImageTooLarge as exc:
+        return str(exc).split(": ", 1)[1]
     except Exception as exc:  # PIL raises many types for corrupt data
         return f"does not decode ({type(exc).__name__}: {exc})"
     return None

@@ -117,6 +117,22 @@ def write_arrays_dataset(
     return info
 
 
+def dataset_digest(data_dir: str | Path) -> str:
+    """sha256 (16 hex digits) of what a prepared dataset is: every file of its directory, by
+    name and content (arrays: the pixels and labels; files: the manifests of paths, labels and
+    sizes). Data changed under the same name and image count gets another digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(data_dir).iterdir() if p.is_file()):
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def read_info(data_dir: str | Path) -> DatasetInfo:
     """Read `dataset.json` (a kind-"files" set with the root set for it in this process, if
     any); a missing or foreign directory is a UserError naming the stage."""
@@ -148,6 +164,9 @@ def read_files_split(data_dir: str | Path, split: str, sizes: bool = False):
                             "rerun `dvc repro prepare`.")
         rows = list(reader)
     paths, labels = [r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64)
+    outside = next((p for p in paths if p.startswith("/") or ".." in p.split("/")), None)
+    if outside is not None:
+        raise UserError(f"{path}: path {outside!r} leaves the dataset root; rerun `dvc repro prepare`.")
     if sizes:
         return paths, labels, np.asarray([int(r[2]) for r in rows], dtype=np.int64)
     return paths, labels

@@ -190,6 +190,10 @@ def _read_list(
                     "expected '<letter>/<class>/<file> <label>'"
                 )
                 continue
+            if fields[0].startswith("/") or ".." in parts or "." in parts or "\\" in fields[0]:
+                problems.append(f"{list_file}:{lineno}: path {fields[0]!r} leaves {images_dir}/ ('..', '.' or an "
+                                "absolute path): every listed image must lie inside the root")
+                continue
             label = int(fields[1])
             names = names_by_label.setdefault(label, {})
             name = "/".join(parts[1:-1])

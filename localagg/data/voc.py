@@ -227,6 +227,11 @@ def validate_voc_year(
     return problems
 
 
+def plain_name(name: str) -> bool:
+    """A file name that stays in its folder: no separator, not '.' or '..', not absolute."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\0" not in name
+
+
 def _scan_year(
     year_dir: Path,
     splits: list[str],
@@ -248,8 +253,17 @@ def _scan_year(
         if not list_path.is_file():
             problems.append(f"{list_path}: missing split file (one image id per line)")
             continue
-        ids = [line.split()[0] for line in list_path.read_text().splitlines() if line.strip()]
-        if not ids:
+        ids = []
+        for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            image_id = line.split()[0]
+            if not plain_name(image_id):
+                problems.append(f"{list_path}:{lineno}: image id {image_id!r} is not a plain file name (no '/', "
+                                "'\\', '..' or absolute path): every image and annotation must lie inside the root")
+                continue
+            ids.append(image_id)
+        if not ids and not any(p.startswith(f"{list_path}:") for p in problems):
             problems.append(f"{list_path}: lists no image ids")
         dups = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dups:

@@ -77,9 +77,13 @@ def checkpoint_progress(output_dir: str | os.PathLike) -> dict:
     if not (path.is_file() and (Path(output_dir) / CHECKPOINT).is_file()):
         return {"iterations": 0, "final": False}
     try:
-        return json.loads(path.read_text())
-    except ValueError:
+        progress = json.loads(path.read_text())
+        state = ckpt.load(Path(output_dir) / CHECKPOINT, "detection checkpoint")  # a truncated one resumes nothing
+    except (ValueError, ckpt.CheckpointError):
         return {"iterations": 0, "final": False}
+    if state.get("iterations") != progress.get("iterations"):
+        return {"iterations": 0, "final": False}
+    return progress
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -146,7 +150,7 @@ def train_detector(
 
     model, optimizer, scheduler = _build(cfg, rank)
     start_iter = -1
-    if resume and checkpoint_progress(cfg.OUTPUT_DIR)["iterations"]:
+    if resume and (Path(cfg.OUTPUT_DIR) / CHECKPOINT).is_file():  # _resume reports one it cannot use
         start_iter = _resume(cfg, model, optimizer, scheduler)
     if start_iter < 0:  # a fresh start (or a checkpoint that could not be used)
         model, optimizer, scheduler = _build(cfg, rank)

@@ -17,12 +17,28 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import DiskFull, atomic_path, is_full
 
 
 def save(obj: dict[str, Any], path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temporary renamed over `path`; a full disk is a DiskFull naming `path`."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as exc:
+        if not is_full(exc):
+            raise
+        raise DiskFull(path, "no space left", needed=_tensor_bytes(obj)) from None
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 class CheckpointError(UserError):

@@ -10,6 +10,8 @@ the same crops.
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import torch
 
@@ -69,3 +71,7 @@ def init_worker(seed: int, rank: int, worker_id: int) -> None:
     value = augment.step_generator(seed, rank, worker_id).initial_seed()
     torch.manual_seed(value)
     np.random.seed(value % (2**32))
+    # a preemption signals every process of the job: the worker leaves it to the training
+    # process, which stops at the next step with a checkpoint and then ends its workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

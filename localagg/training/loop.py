@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from ..data import augment, decode
 from ..data.datasets import ArrayImages, open_split
-from ..data.manifest import read_info
+from ..data.manifest import dataset_digest, read_info
 from ..errors import UserError
 from ..io import file_sha256
 from ..models.backbone import EmbeddingNet, build_model, check_meta
@@ -79,6 +81,50 @@ class _State:
     extra: dict[str, Any] = field(default_factory=dict)
     loss_sum: float = 0.0  # this epoch so far, for its mean loss across an interruption
     epoch_stats: dict[str, float] = field(default_factory=dict)  # what the method's epoch start measured
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT (a preemption, `kill`, Ctrl-C) end training at the next step boundary
+    with a checkpoint, instead of losing the work since the last one.
+
+    The handler only notes the signal. `requested` is read at step boundaries: every step on one
+    process; on several, every GUARD_EVERY_STEPS steps, as the maximum over the ranks (torchrun
+    passes a SIGTERM to every rank, each at its own step), so that all stop at the same step. A
+    second Ctrl-C aborts at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer, self.received, self._old = trainer, 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    def _note(self, signum, frame) -> None:
+        if self.received and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def requested(self, global_step: int) -> int:
+        """The signal to stop for (0: none), the same on every rank."""
+        dist = self.trainer.dist
+        if not dist.enabled:
+            return self.received
+        if global_step % GUARD_EVERY_STEPS:
+            return 0
+        flag = torch.tensor([self.received], dtype=torch.int64, device=self.trainer.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
 
 
 class _FiniteGuard:
@@ -173,6 +219,7 @@ class Trainer:
                             f"x bn_groups {cfg.bn_groups}; change batch_size or the process count.")
         info = read_info(train_dir)
         self.train_info = info
+        self.data_digest = dataset_digest(train_dir)  # in the resume identity and the export
         self.train = open_split(train_dir, "train", train=True, crop_size=aug.crop_size,
                                 crop_scale=aug.crop_scale, crop_ratio=aug.crop_ratio, for_device=self.decode_on_device)
         self.train_eval = open_split(train_dir, "train", train=False, crop_size=aug.crop_size)
@@ -237,7 +284,7 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS),
             "model": self.model.meta(),
             "augment": self.aug.model_dump(mode="json"),
-            "dataset": {"name": self.train_info.name, "num_items": self.num_items},
+            "dataset": {"name": self.train_info.name, "num_items": self.num_items, "digest": self.data_digest},
             "init": _file_digest(self.init_from) if self.init_from else None,
         }
 
@@ -251,6 +298,12 @@ class Trainer:
             raise UserError(
                 f"warm-start checkpoint {path} was trained on {found.get('name')} with {found.get('num_items')} images; "
                 f"this run trains on {self.train_info.name} with {self.num_items}. Rerun the IR stage on this dataset."
+            )
+        if found.get("digest") != self.data_digest:
+            raise UserError(
+                f"warm-start checkpoint {path} was trained on other data than this run's {self.train_info.name} "
+                f"(dataset digest {found.get('digest')} vs {self.data_digest}: same name and size, other images or "
+                "labels). Rerun the IR stage on this dataset (`dvc repro pretrain_ia`)."
             )
         self.model.load_state_dict(state["model"])
         self.method.warm_start(self, state)
@@ -392,19 +445,24 @@ class Trainer:
 
     def run(self, stop_after_steps: int | None = None) -> PretrainResult:
         """Train to `cfg.epochs` (resuming if possible); `stop_after_steps` simulates an interruption."""
-        cfg, dist, method = self.cfg, self.dist, self.method
+        cfg = self.cfg
         resumed = self.try_resume()
         s = self.state
         if not resumed:
-            s.extra.update(method.begin(self))
+            s.extra.update(self.method.begin(self))
         self._replay_history()
-        steps_done_now = 0
         self.model.train()
         steps_per_epoch = self.num_items // cfg.batch_size
         clock = Clock(done=s.epoch * steps_per_epoch + s.step, total=cfg.epochs * steps_per_epoch)
         every = cfg.log_every_steps or (steps_per_epoch // 10 if steps_per_epoch >= 200 else 0)
-        name = method.name
         guard = _FiniteGuard(self, steps_per_epoch)
+        with _StopSignals(self) as signals:
+            return self._epochs(stop_after_steps, resumed, steps_per_epoch, clock, every, guard, signals)
+
+    def _epochs(self, stop_after_steps, resumed, steps_per_epoch, clock, every, guard, signals) -> PretrainResult:
+        """The epochs of `run`, under its signal handlers."""
+        cfg, dist, method, s, name = self.cfg, self.dist, self.method, self.state, self.method.name
+        steps_done_now = 0
         if dist.is_main:
             log.info("%s: %s training images, %d epochs of %d steps (batch %d over %d process(es))%s", name,
                      f"{self.num_items:,}", cfg.epochs, steps_per_epoch, cfg.batch_size, dist.world_size,
@@ -462,6 +520,18 @@ class Trainer:
                     guard.check()
                     barrier()
                     return PretrainResult(s.epoch, s.history, {}, interrupted=True)
+                signum = signals.requested(s.global_step)
+                if signum:
+                    guard.check()
+                    s.loss_sum += loss_sum.item()
+                    loss_sum.zero_()
+                    self._save()
+                    if dist.is_main:
+                        log.warning("%s: stopped by %s at epoch %d, step %s of %s; checkpoint saved in %s. Run the "
+                                    "stage again (dvc repro) to resume from here.", name, signal.Signals(signum).name,
+                                    s.epoch + 1, f"{s.step:,}", f"{batches.steps:,}", self.ckpt_dir)
+                    barrier()
+                    raise SystemExit(128 + signum)
             guard.check()
             seconds = time.perf_counter() - t0
             local_mean = torch.tensor([(s.loss_sum + loss_sum.item()) / batches.steps], device=self.device,
@@ -518,5 +588,6 @@ class Trainer:
         if not self.dist.is_main:
             return
         ckpt.save_export(path, self.model, self.method.name,
-                         dataset={"name": self.train_info.name, "num_items": self.num_items}, epochs=self.state.epoch,
+                         dataset={"name": self.train_info.name, "num_items": self.num_items,
+                                  "digest": self.data_digest}, epochs=self.state.epoch,
                          provenance=self.provenance(), **self.method.export_fields())
