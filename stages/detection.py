@@ -117,9 +117,12 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
     return record
 
 
+DETECTOR = "Detectron2 Faster R-CNN R50-C4"
+
+
 def protocol(det_cfg, manifest: dict) -> dict:
     """What the detection cell ran: its schedule and the (year, split) sets with their sizes."""
-    return {"train_sets": manifest["splits"]["trainval"], "test_sets": manifest["splits"]["test"],
+    return {"detector": DETECTOR, "train_sets": manifest["splits"]["trainval"], "test_sets": manifest["splits"]["test"],
             "train_images": manifest["counts"]["trainval"]["images"],
             "test_images": manifest["counts"]["test"]["images"],
             **det_cfg.model_dump(mode="json", exclude={"seed", "num_workers", "checkpoint_period", "log_period",

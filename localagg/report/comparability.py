@@ -23,10 +23,7 @@ from typing import Any
 
 from .paper import DATASET_SIZES, DETECTION_SETS, IR_BASELINE_EPOCHS, PAPER_ARCH, RECIPE
 
-READOUT_KEYS = ("epochs", "lr", "lr_drops", "batch_size", "momentum", "weight_decay", "train_augment", "crop_size",
-                "eval_resize", "pool_rule", "pool_target_dims", "conv1_point")
-DETECTION_KEYS = ("max_iter", "ims_per_batch", "base_lr", "steps", "warmup_iters", "weight_decay", "min_size_train",
-                  "max_size_train", "min_size_test", "max_size_test", "norm", "extra_norm_after_res5", "freeze_at")
+PAPER_DETECTOR = "tf-faster-rcnn"  # the authors' fork (neuroailab/tf-faster-rcnn): where 69.1 and 65.4 come from
 STAGE_SECTION = {"ir": "pretrain_ia", "la": "pretrain_la"}
 SET_NAMES = {(("VOC2007", "trainval"),): "VOC07 trainval", (("VOC2007", "trainval"), ("VOC2012", "trainval")):
              "VOC07+12 trainval", (("VOC2007", "test"),): "VOC07 test"}
@@ -57,13 +54,24 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def recipe_keys(section: str) -> list[str]:
+    """The keys the recipe sets in `section` ("pretrain_la", "transfer.object", "detection")."""
+    n = len(section) + 1
+    return [k[n:] for k in RECIPE if k.startswith(section + ".") and "." not in k[n:]]
+
+
 def _keys(found: dict, section: str, keys, label: str) -> list[str]:
-    """'<label> <key> <found> instead of <paper>' for each recipe key of `section` that differs."""
+    """'<label> <key> <found> instead of <paper>' for each recipe key of `section` that differs;
+    a key the record does not hold is a difference too ('not recorded')."""
     out = []
     for key in keys:
         paper = RECIPE.get(f"{section}.{key}")
-        if paper is not None and not _same(found.get(key), paper[0]):
-            out.append(f"{label}{key} {show(found.get(key))} instead of {show(paper[0])}")
+        if paper is None:
+            continue
+        if key not in found:
+            out.append(f"{label}{key} not recorded (the paper's {show(paper[0])})")
+        elif not _same(found[key], paper[0]):
+            out.append(f"{label}{key} {show(found[key])} instead of {show(paper[0])}")
     return out
 
 
@@ -79,32 +87,42 @@ def _sizes(dataset: str, paper_dataset: str, train: int | None, val: int | None,
     return out
 
 
+def _stage_differences(stage: dict, skip: set[str]) -> list[str]:
+    """One pretraining stage of a provenance against the paper's: network, data, augmentation,
+    and every recipe key of its section."""
+    out = []
+    if stage.get("arch") != PAPER_ARCH:
+        out.append(f"{stage.get('arch')} instead of {PAPER_ARCH}")
+    out += _sizes(str(stage.get("dataset")), "imagenet", stage.get("train_images"), None)
+    augment = stage.get("augment") or {}
+    if augment.get("crop_size") != RECIPE["augment.crop_size"][0]:
+        out.append(f"{show(augment.get('crop_size'))} instead of {RECIPE['augment.crop_size'][0]} px")
+    out += _keys(augment, "augment", [k for k in recipe_keys("augment") if k != "crop_size"], "augment.")
+    section = STAGE_SECTION[stage["objective"]]
+    return out + _keys(stage.get("config") or {}, section, [k for k in recipe_keys(section) if k not in skip],
+                       f"{section}.")
+
+
 def pretraining_differences(model: str, provenance: list[dict]) -> list[str]:
-    """How the pretraining of model `model` ("la" or "ir") differs from the paper's."""
+    """How the pretraining of model `model` ("la" or "ir") differs from the paper's: every stage
+    of its provenance (IR, then LA), each against the whole recipe. A difference every stage has
+    is said once; one that only some have is said with their names ("LA: 96 instead of 224 px")."""
     wanted = ["ir", "la"] if model == "la" else ["ir"]
     found = [stage.get("objective") for stage in provenance]
     if found != wanted:
         return [f"trained by {' + '.join(map(str, found)) or 'nothing recorded'} instead of {' + '.join(wanted)}"]
-    first = provenance[0]
+    skip = {"epochs"} | ({"lr_drops"} if model == "ir" else set())  # Wu et al.'s schedule is not in the recipe
+    per_stage = [_stage_differences(stage, skip) for stage in provenance]
     out = []
-    if first.get("arch") != PAPER_ARCH:
-        out.append(f"{first.get('arch')} instead of {PAPER_ARCH}")
-    out += _sizes(str(first.get("dataset")), "imagenet", first.get("train_images"), None)
-    augment = first.get("augment") or {}
-    if augment.get("crop_size") != RECIPE["augment.crop_size"][0]:
-        out.append(f"{show(augment.get('crop_size'))} instead of {RECIPE['augment.crop_size'][0]} px")
-    out += _keys(augment, "augment", [k for k in augment if k != "crop_size"], "augment.")
+    for phrase in dict.fromkeys(p for phrases in per_stage for p in phrases):
+        holders = [stage["objective"].upper() for stage, phrases in zip(provenance, per_stage) if phrase in phrases]
+        out.append(phrase if len(holders) == len(provenance) else f"{' and '.join(holders)}: {phrase}")
     epochs = [stage.get("epochs_done") for stage in provenance]
     paper_epochs = ([RECIPE["pretrain_ia.epochs"][0], RECIPE["pretrain_la.epochs"][0]] if model == "la"
                     else [IR_BASELINE_EPOCHS])
     if epochs != paper_epochs:
         names = " + ".join(o.upper() for o in wanted)
         out.append(f"{names} {' + '.join(map(show, epochs))} of {' + '.join(map(show, paper_epochs))} epochs")
-    for stage in provenance:
-        section = STAGE_SECTION[stage["objective"]]
-        config = stage.get("config") or {}
-        skip = {"epochs"} | ({"lr_drops"} if model == "ir" else set())  # Wu et al.'s schedule is not in the recipe
-        out += _keys(config, section, [k for k in config if k not in skip], f"{section}.")
     return out
 
 
@@ -112,7 +130,7 @@ def readout_differences(role: str, protocol: dict) -> list[str]:
     """How a transfer cell's dataset and readout differ from the paper's for `role` (object, transfer)."""
     paper_dataset = {"object": "imagenet", "transfer": "places205"}[role]
     out = _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))
-    return out + _keys(protocol.get("readout") or {}, f"transfer.{role}", READOUT_KEYS, "readout ")
+    return out + _keys(protocol.get("readout") or {}, f"transfer.{role}", recipe_keys(f"transfer.{role}"), "readout ")
 
 
 def set_name(pairs) -> str:
@@ -121,7 +139,18 @@ def set_name(pairs) -> str:
 
 
 def detection_differences(dataset: str, protocol: dict) -> list[str]:
-    """How a detection cell's sets and schedule differ from the paper's."""
+    """How a detection cell's detector, sets and schedule differ from the paper's. The paper's
+    APs come from the authors' tf-faster-rcnn; a number of another detector is never set
+    against them, whatever its protocol (the recipe's detection keys are VISSL's Detectron2
+    protocol for the same VOC07 sets, checked all the same)."""
+    detector = protocol.get("detector")
+    out = [] if detector == PAPER_DETECTOR else [
+        f"{'the detector is not recorded' if detector is None else detector} instead of the authors' "
+        f"{PAPER_DETECTOR} (the paper's AP is never set against another detector's)"]
+    return out + _detection_protocol(dataset, protocol)
+
+
+def _detection_protocol(dataset: str, protocol: dict) -> list[str]:
     if dataset != "voc07":
         out = [f"{dataset} instead of voc07"]
     else:
@@ -133,4 +162,4 @@ def detection_differences(dataset: str, protocol: dict) -> list[str]:
             out.append(f"tested on {set_name(test)} instead of {set_name(DETECTION_SETS['test'])}")
         if not out:
             out += _sizes("voc07", "voc07", protocol.get("train_images"), protocol.get("test_images"))
-    return out + _keys(protocol, "detection", DETECTION_KEYS, "detection ")
+    return out + _keys(protocol, "detection", recipe_keys("detection"), "detection ")

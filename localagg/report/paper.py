@@ -88,6 +88,7 @@ RECIPE: dict[str, tuple[Any, str]] = {
         "temperature": (0.07, f"{_TF}: instance_t"),
         "bank_momentum": (0.5, f"{_TF}: instance_m"),
         "sync_bn": (True, "the authors trained on one GPU: batch norm over the whole batch of 128"),
+        "lr_gamma": (0.1, f"{_TF}: lr x 0.1 at each lr boundary"),
     }.items()},
     "pretrain_ia.epochs": (10, f"{_TF}: res50_IR, 100,090 steps = 10 epochs"),
     "pretrain_ia.lr_drops": ([], f"{_TF}: no lr_boundaries in res50_IR (constant lr)"),
@@ -121,6 +122,7 @@ RECIPE: dict[str, tuple[Any, str]] = {
         "pool_rule": ("official", f"{_READOUT}: get_resnet_all_layers, pool by 2 or 4 above 200,000 dims"),
         "pool_target_dims": (200000, f"{_READOUT}: the 200,000 dims limit"),
         "conv1_point": ("after_maxpool", f"{_READOUT}: ENDING_POINTS[0] is the max-pooled conv1"),
+        "standardize": (False, f"{_READOUT}: the classifiers read the raw pooled features"),
     }.items()},
     "transfer.object.epochs": (70, f"{_READOUT}: lr_boundaries 30 and 60 epochs after LA, stopped at 70"),
     "transfer.object.lr_drops": ([30, 60], f"{_READOUT}: lr_boundaries 2,302,070 and 2,602,340"),
@@ -144,6 +146,10 @@ RECIPE: dict[str, tuple[Any, str]] = {
     "detection.norm": ("SyncBN", _VOC07),
     "detection.extra_norm_after_res5": (True, _VOC07),
     "detection.freeze_at": (0, _VOC07),
+    "detection.batch_size_per_image": (512, _VOC07),
+    "detection.proposals_train": (2000, _VOC07),
+    "detection.proposals_test": (1000, _VOC07),
+    "detection.pooler_resolution": (14, _VOC07),
 }
 
 # Where this implementation, run with the paper preset, still departs from the authors' code.
@@ -167,6 +173,16 @@ DEVIATIONS = (
     "conv1 and res2 frozen).",
     "IR baseline: the paper's IR numbers come from Wu et al.'s 200-epoch IR; this pipeline's `ir` is LA's 10-epoch "
     "warm start, so its numbers are not compared with them unless pretrain_ia.epochs is 200.",
+    "Greyscale conversion comes after the colour jitter; the TF preprocessing converts before it.",
+    "Mixed precision: on CUDA the frozen readout backbone and pretraining run under bfloat16 autocast (amp: auto; "
+    "the records say what ran: amp bf16 or off); the authors trained in float32. Set amp: off in pretrain_ia, "
+    "pretrain_la and transfer.* for their precision (about half the GPU throughput). It may move numbers by "
+    "tenths of a point; no run here measured how much.",
+    "Batch norm: torch's running-statistics momentum 0.1 where the TF ResNet uses decay 0.997 (momentum 0.003). The "
+    "readout and the kNN evaluate the frozen network in eval mode with those statistics, so this may change every "
+    "transfer number.",
+    "Readout classifiers start from torch's default Linear initialisation; the TF code uses variance scaling.",
+    "Resampling: bilinear with antialiasing (Pillow, torchvision) where the TF code resizes with resize_area.",
     "The supervised reference follows torchvision's recipe (90 epochs, batch 256, lr 0.1), without weight decay on "
     "batch-norm parameters; the paper quotes supervised numbers from other work.",
 )
