@@ -174,7 +174,8 @@ def per_seed(record: Record, seeds: list[int]) -> list[Record]:
                         f"rerun `dvc repro {record.stage}`.")
     runs = {run.get("seed"): run for run in record.get("runs")}
     return [Record(record.path, {**record.data, "seed": s, "linear": runs[s].get("linear"),
-                                 "per_class": runs[s].get("per_class")}, record.stage) for s in seeds]
+                                 "per_class": runs[s].get("per_class"), "losses": runs[s].get("losses") or {}},
+                   record.stage) for s in seeds]
 
 
 def check_slots(m: RunMetrics, seeds: dict[str, list[int]]) -> None:

@@ -35,6 +35,15 @@ DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
 VIEWS_ROLE = "object"  # retrieval and the embedding map are made on the object set
 
 
+def _losses(history: list[dict]) -> dict[str, list[float]]:
+    """{layer: [first epoch's, last epoch's training loss]} of one readout run: the report
+    flags a loss that grew (a diverged classifier reads as a plain accuracy otherwise)."""
+    if not history:
+        return {}
+    layers = [k[len("loss_"):] for k in history[0] if k.startswith("loss_")]
+    return {layer: [float(history[0][f"loss_{layer}"]), float(history[-1][f"loss_{layer}"])] for layer in layers}
+
+
 def run(model: str, dataset: str, params: Path) -> dict | None:
     """The cell's record (written by rank 0; None on the other ranks of a multi-process run)."""
     from localagg.data.datasets import open_split
@@ -126,7 +135,8 @@ def run(model: str, dataset: str, params: Path) -> dict | None:
     protocol = {"dataset": info["name"], "train_images": info["splits"]["train"], "val_images": info["splits"]["val"],
                 "readout": readout_protocol, "world_size": dist.world_size,
                 "knn": {**p.knn.model_dump(mode="json"), "pixel_size": pixel_size if model == PIXELS else None}}
-    runs = [{"seed": r["seed"], "linear": r["layers"], "per_class": r["per_class"]} for r in result["runs"]]
+    runs = [{"seed": r["seed"], "linear": r["layers"], "per_class": r["per_class"], "losses": _losses(r["history"])}
+            for r in result["runs"]]
     record = {"model": model, "dataset": dataset, "dataset_name": info["name"],
               "arch": model_cfg.arch if model_cfg is not None else "none",
               "seeds": list(p.seeds), "runs": runs, "feature_dims": result["feature_dims"], "knn": knn,

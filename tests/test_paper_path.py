@@ -229,7 +229,7 @@ def test_datasets_moved_elsewhere_rerun_prepare_alone_and_a_changed_file_is_name
     image.write_bytes(image.read_bytes() + b"\0" * 10)  # a different file under the same name
     proc = subprocess.run([str(BIN / "localagg"), "transfer", "--model", "la", "--dataset", "object", "--params",
                            "params.yaml"], cwd=repo, capture_output=True, text=True)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr  # a user error, before any work
     said = " ".join(proc.stderr.split())  # the console wraps long lines
     assert image.name in said and f"is {image.stat().st_size:,} bytes" in said, said
     assert "changed since `prepare`" in said and "Rerun `dvc repro prepare`" in said, said

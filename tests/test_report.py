@@ -312,7 +312,7 @@ def _both_stages(edit):
     (lambda d: d["protocol"]["readout"].update(ten_crop=False), "readout ten_crop false instead of true"),
     (lambda d: d["protocol"]["readout"].update(standardize=True), "readout standardize true instead of false"),
     (lambda d: d["protocol"]["readout"].pop("pool_rule"), "readout pool_rule not recorded (the paper's official)"),
-    (lambda d: d["protocol"].update(val_images=10), "10 of 50,000 val images"),
+    (lambda d: d["protocol"].update(val_images=10), "readout on 10 of 50,000 val images"),
 ])
 def test_any_difference_in_the_protocol_makes_a_row_not_comparable(tmp_path, monkeypatch, edit, reason):
     monkeypatch.chdir(tmp_path)
@@ -471,3 +471,27 @@ def test_only_the_authors_detector_is_set_against_the_papers_ap(tmp_path, monkey
     report.run(params, out=Path("reports"))
     assert rows_by_key(Path("reports/results.csv"))[("la", "detection", "voc07", "", "AP50")]["paper"] == "69.1"
 
+
+def test_a_loss_that_grew_is_flagged_and_the_deviations_say_whether_the_run_had_the_recipe(tmp_path, monkeypatch):
+    """A supervised loss of 63.2 for a first epoch's 1.4 is named in the pretraining section;
+    a shrunk run's Deviations do not open by saying it used the whole recipe."""
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path)
+    _edit("records/supervised.json", lambda d: d.update(final_loss=63.2, history=[{**d["history"][0], "loss": 1.4},
+                                                                                 *d["history"][1:]]))
+    report.run(params, out=Path("reports"))
+    md = Path("reports/results.md").read_text()
+    assert "**Diverged:** supervised's final loss 63.2 is more than twice its first epoch's (1.4)." in md
+    assert "This run did not use the paper's whole recipe" in md and "This run used every key" not in md
+
+
+
+def test_a_readout_loss_that_exploded_is_named_beside_the_accuracies(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path)
+    _edit("records/transfer/ir-object.json",
+          lambda d: d["runs"][0].update(losses={"conv5": [1.2, 1.5e7], "conv4": [1.3, 0.9]}))
+    report.run(params, out=Path("reports"))
+    md = Path("reports/results.md").read_text()
+    assert "**Diverged readouts**" in md and "ir object set seed 0 conv5: 1.5e+07 (first epoch 1.2)" in md
+    assert "conv4: 0.9" not in md  # a loss that fell is not flagged

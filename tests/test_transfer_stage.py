@@ -45,7 +45,14 @@ def _run_cell(root: Path) -> dict:
 def test_a_transfer_cell_on_two_processes_records_what_one_process_records(tmp_path):
     one, two = _run_cell(_workdir(tmp_path / "one", 1)), _run_cell(_workdir(tmp_path / "two", 2))
     assert (one["protocol"]["world_size"], two["protocol"]["world_size"]) == (1, 2)
-    assert two["runs"] == one["runs"]  # accuracies per layer, seed and class (float64 readout)
+    def without_losses(runs):
+        return [{k: v for k, v in run.items() if k != "losses"} for run in runs]
+
+    assert without_losses(two["runs"]) == without_losses(one["runs"])  # accuracies per layer, seed and class
+    for a, b in zip(two["runs"], one["runs"]):  # the losses: float64 sums in another order
+        assert a["losses"].keys() == b["losses"].keys()
+        assert all(x == pytest.approx(y, rel=1e-8, abs=1e-12) for k in a["losses"]
+                   for x, y in zip(a["losses"][k], b["losses"][k]))
     assert two["knn"] == one["knn"]
     assert two["views"]["retrieval"] == one["views"]["retrieval"]
     assert one["protocol"]["readout"]["amp"] == "off"
@@ -56,3 +63,6 @@ def test_a_transfer_cell_on_two_processes_records_what_one_process_records(tmp_p
     # what ran beyond params: float results depend on the CPU kernels and the thread count
     env = one["environment"]
     assert env["torch_threads"] >= 1 and env["cpu_capability"] and env["torch"] and "git_commit" in env
+    # each run records its layers' first and last training losses (the report flags one that grew)
+    assert set(one["runs"][0]["losses"]) == set(one["runs"][0]["linear"]) and all(
+        len(pair) == 2 for pair in one["runs"][0]["losses"].values())

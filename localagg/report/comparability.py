@@ -113,23 +113,25 @@ def pretraining_differences(model: str, provenance: list[dict]) -> list[str]:
         return [f"trained by {' + '.join(map(str, found)) or 'nothing recorded'} instead of {' + '.join(wanted)}"]
     skip = {"epochs"} | ({"lr_drops"} if model == "ir" else set())  # Wu et al.'s schedule is not in the recipe
     per_stage = [_stage_differences(stage, skip) for stage in provenance]
-    out = []
+    shared, own = [], []
     for phrase in dict.fromkeys(p for phrases in per_stage for p in phrases):
         holders = [stage["objective"].upper() for stage, phrases in zip(provenance, per_stage) if phrase in phrases]
-        out.append(phrase if len(holders) == len(provenance) else f"{' and '.join(holders)}: {phrase}")
+        (shared if len(holders) == len(provenance) else own).append(
+            phrase if len(holders) == len(provenance) else f"{' and '.join(holders)}: {phrase}")
     epochs = [stage.get("epochs_done") for stage in provenance]
     paper_epochs = ([RECIPE["pretrain_ia.epochs"][0], RECIPE["pretrain_la.epochs"][0]] if model == "la"
                     else [IR_BASELINE_EPOCHS])
     if epochs != paper_epochs:
         names = " + ".join(o.upper() for o in wanted)
-        out.append(f"{names} {' + '.join(map(show, epochs))} of {' + '.join(map(show, paper_epochs))} epochs")
-    return out
+        shared.append(f"{names} {' + '.join(map(show, epochs))} of {' + '.join(map(show, paper_epochs))} epochs")
+    return shared + own
 
 
 def readout_differences(role: str, protocol: dict) -> list[str]:
     """How a transfer cell's dataset and readout differ from the paper's for `role` (object, transfer)."""
     paper_dataset = {"object": "imagenet", "transfer": "places205"}[role]
-    out = _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))
+    out = [f"readout on {phrase}" for phrase in
+           _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))]
     return out + _keys(protocol.get("readout") or {}, f"transfer.{role}", recipe_keys(f"transfer.{role}"), "readout ")
 
 
@@ -161,5 +163,6 @@ def _detection_protocol(dataset: str, protocol: dict) -> list[str]:
         if not _same(test, DETECTION_SETS["test"]):
             out.append(f"tested on {set_name(test)} instead of {set_name(DETECTION_SETS['test'])}")
         if not out:
-            out += _sizes("voc07", "voc07", protocol.get("train_images"), protocol.get("test_images"))
+            out += [f"detection on {phrase}" for phrase in
+                    _sizes("voc07", "voc07", protocol.get("train_images"), protocol.get("test_images"))]
     return out + _keys(protocol, "detection", recipe_keys("detection"), "detection ")

@@ -161,10 +161,17 @@ def why_not(ix: dict[tuple, Cell]) -> str:
             "released sizes), read from the records' `protocol` and `provenance`:\n\n" + "\n".join(parts))
 
 
-def deviations() -> str:
-    return ("## Deviations from the authors' code\n\nWith the paper preset (`localagg preset apply paper-resnet50`) "
-            "every key of the paper's recipe is the paper's; these differences from the authors' code remain:\n\n"
-            + "\n".join(f"- {d}" for d in DEVIATIONS))
+def deviations(ix: dict[tuple, Cell]) -> str:
+    """What departs from the authors' code even with the paper's whole recipe; the opening says
+    whether this run had that recipe (every headline number comparable) or not."""
+    rows = [cell for _, cell in _headline_cells(ix)]
+    if rows and all(cell is not None and not cell.differences for cell in rows):
+        opening = ("This run used every key of the paper's recipe (`localagg preset apply paper-resnet50`); these "
+                   "differences from the authors' code remain:")
+    else:
+        opening = ("This run did not use the paper's whole recipe (see \"Why not comparable\"). Even with it "
+                   "(`localagg preset apply paper-resnet50`), these differences from the authors' code remain:")
+    return "## Deviations from the authors' code\n\n" + opening + "\n\n" + "\n".join(f"- {d}" for d in DEVIATIONS)
 
 
 def _n_header(ix, task, role, layer, metric) -> list[str]:
@@ -175,7 +182,7 @@ def _n_header(ix, task, role, layer, metric) -> list[str]:
     return out
 
 
-def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
+def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics) -> str:
     """Per-layer linear readout top-1, one table per dataset, models as columns; the paper's LA and
     IR numbers beside them where this run's are comparable."""
     parts = ["## Linear readout per layer (top-1)"]
@@ -196,7 +203,23 @@ def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
         header = ["layer", "crop", *_n_header(ix, "linear", role, "conv5", "top1")]
         header += ["paper LA", "paper IR"] if comparable else []
         parts.append(f"### {ROLE_NOUN[role]} `{name}` ({arch})\n\n{table(header, rows)}\n\n{source_line(sources)}")
+    diverged = _readout_diverged(m)
+    if diverged:
+        parts.append("**Diverged readouts** (final training loss more than twice the first epoch's; their accuracies "
+                     "above are of a classifier that did not train): " + "; ".join(diverged) + ".")
     return "\n\n".join(parts)
+
+
+def _readout_diverged(m: RunMetrics) -> list[str]:
+    out = []
+    for (model, role), records in m.transfer.items():
+        for r in records:
+            for layer, pair in sorted((r.data.get("losses") or {}).items()):
+                first, final = pair
+                if not (final == final and abs(final) != float("inf")) or final > 2 * first > 0:
+                    out.append(f"{model} {ROLE_NOUN[role]} seed {r.data.get('seed')} {layer}: {final:.4g} "
+                               f"(first epoch {first:.4g})")
+    return out
 
 
 def knn(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics) -> str:
@@ -275,6 +298,19 @@ CLUSTER_STATS = {  # record key -> (label, format): LA's clustering, averaged ov
 }
 
 
+def _diverged(m: RunMetrics) -> list[str]:
+    """Pretraining stages whose final loss grew to more than twice their first epoch's (a
+    non-finite loss stops training before anything is exported)."""
+    out = []
+    for model, r in m.pretrain.items():
+        final = r.number("final_loss")
+        history = r.data.get("history") or []
+        first = history[0].get("loss") if history else None
+        if isinstance(first, (int, float)) and first > 0 and final > 2 * first:
+            out.append(f"{model}'s final loss {final:.4g} is more than twice its first epoch's ({first:.4g})")
+    return out
+
+
 def pretraining(m: RunMetrics) -> str:
     """Pretraining summary (epochs, kNN top-1 at start and end, final loss) and LA's cluster statistics."""
     rows = []
@@ -284,11 +320,16 @@ def pretraining(m: RunMetrics) -> str:
     header = ["model", "stage", "epochs", "kNN top-1 at start", "kNN top-1 at end", "final loss"]
     la = m.pretrain["la"]
     stats = [[label, fmt_stat(la.number(key))] for key, (label, fmt_stat) in CLUSTER_STATS.items() if key in la.data]
-    text = ("## Pretraining\n\nkNN top-1 on the object set's held-out split after each epoch (\"at start\": before "
-            "the first), against the memory bank as InstDisc's monitor does (pooled conv5 of the training images for the "
-            "supervised reference). The bank lags the network while it trains, so these numbers run below the kNN "
+    text = ("## Pretraining\n\nkNN top-1 on the object set's held-out split. \"At start\": before the first epoch, "
+            "with fresh features of the network the stage starts from (LA: IR's). \"At end\": after the last epoch, "
+            "against the memory bank as InstDisc's monitor does (pooled conv5 of the training images for the "
+            "supervised reference). The bank lags the network while it trains, so the end numbers run below the kNN "
             "table's, which uses fresh features of the final network.\n\n" + table(header, rows) + "\n\n"
             + source_line(r.path for r in m.pretrain.values()))
+    diverged = _diverged(m)
+    if diverged:
+        text = text.replace("\n\n" + table(header, rows), "\n\n**Diverged:** " + "; ".join(diverged) + ".\n\n"
+                            + table(header, rows), 1)
     if stats:
         text += ("\n\nLA's clustering after the last epoch (averaged over the H k-means runs):\n\n"
                  + table(["statistic", "value"], stats) + "\n\n" + source_line([la.path]))
@@ -378,7 +419,7 @@ def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str]) -> str:
     ix = {c.key: c for c in cells}
     idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
     parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), HOW_TO_READ,
-             headline(ix), baselines(cells, ix, idents), why_not(ix), readout(ix, idents), knn(ix, idents, m),
-             detection(ix, idents["detection"], m), pretraining(m), deviations(), cost(m), figures(figs, m, ix),
+             headline(ix), baselines(cells, ix, idents), why_not(ix), readout(ix, idents, m), knn(ix, idents, m),
+             detection(ix, idents["detection"], m), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"
