@@ -48,28 +48,38 @@ class Machine:
                 f"{self.cores} cores")
 
 
+def _newest_rate(paths, device: str, rate_of) -> tuple[float, str] | None:
+    """(rate, basis) from the newest record among `paths` that ran on `device` and for which
+    `rate_of(record)` gives a rate (None: not usable); None if there is none."""
+    found = []
+    for path in paths:
+        try:
+            r = json.loads(path.read_text())
+            ran_on = "cuda" if (r.get("cost") or {}).get("peak_gpu_mb") else "cpu"
+            rate = rate_of(r) if ran_on == device else None
+            if rate:
+                found.append((path.stat().st_mtime, rate, f"measured: {path}"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return tuple(max(found)[1:]) if found else None
+
+
 def _measured_rate(device: str) -> tuple[float, str] | None:
     """Training img/s per device of ResNet-50 at 224 px, scaled by FLOPs from the newest
     pretraining record that ran on `device`, else from the GPU smoke record."""
     from localagg.models.config import ModelConfig
 
-    found = []
-    for path in Path("records").glob("pretrain_*.json"):
-        try:
-            r = json.loads(path.read_text())
-            stage = r["provenance"][-1]
-            ran_on = "cuda" if (r.get("cost") or {}).get("peak_gpu_mb") else "cpu"
-            if ran_on != device or not r.get("final_img_per_s"):
-                continue
-            cfg = ModelConfig(arch=stage["arch"], stem=stage["stem"], embedding_dim=stage["embedding_dim"])
-            per_device = r["final_img_per_s"] / max(1, stage.get("world_size", 1))
-            found.append((path.stat().st_mtime, per_device * flops_ratio(cfg, stage["augment"]["crop_size"]),
-                          f"measured: {path}"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    def rate_of(r: dict) -> float | None:
+        stage = r["provenance"][-1]
+        if not r.get("final_img_per_s"):
+            return None
+        cfg = ModelConfig(arch=stage["arch"], stem=stage["stem"], embedding_dim=stage["embedding_dim"])
+        per_device = r["final_img_per_s"] / max(1, stage.get("world_size", 1))
+        return per_device * flops_ratio(cfg, stage["augment"]["crop_size"])
+
+    found = _newest_rate(Path("records").glob("pretrain_*.json"), device, rate_of)
     if found:
-        _, rate, basis = max(found)
-        return rate, basis
+        return found
     if device == "cuda" and SMOKE_RECORD.is_file():
         try:
             smoke = json.loads(SMOKE_RECORD.read_text())
@@ -82,19 +92,13 @@ def _measured_rate(device: str) -> tuple[float, str] | None:
 def _detection_rate(device: str, det) -> tuple[float, str] | tuple[()]:
     """Images/s per device of the newest detection record on `device` whose input sizes are
     these params' (detection's cost grows with the image side); () if none."""
-    found = []
-    for path in Path("records/detection").glob("*.json"):
-        try:
-            r = json.loads(path.read_text())
-            p, cost = r["protocol"], r.get("cost") or {}
-            ran_on = "cuda" if cost.get("peak_gpu_mb") else "cpu"
-            if ran_on != device or p["max_size_train"] != det.max_size_train or not cost.get("wall_seconds"):
-                continue
-            rate = p["max_iter"] * p["ims_per_batch"] / (cost["wall_seconds"] * max(1, p["num_gpus"]))
-            found.append((path.stat().st_mtime, rate, f"measured: {path}"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return max(found)[1:] if found else ()
+    def rate_of(r: dict) -> float | None:
+        p, cost = r["protocol"], r.get("cost") or {}
+        if p["max_size_train"] != det.max_size_train or not cost.get("wall_seconds"):
+            return None
+        return p["max_iter"] * p["ims_per_batch"] / (cost["wall_seconds"] * max(1, p["num_gpus"]))
+
+    return _newest_rate(Path("records/detection").glob("*.json"), device, rate_of) or ()
 
 
 def _device(setting: str, machine: Machine) -> str:
