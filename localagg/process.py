@@ -5,7 +5,9 @@
 stage commands. Elsewhere it does nothing.
 
 `terminate_on_sigterm()` turns SIGTERM into SystemExit(143) in the main thread, so `finally`
-blocks run (temporary files are removed, locks released) instead of the process vanishing.
+blocks run (temporary files are removed, locks released) instead of the process vanishing;
+SIGUSR2 (SLURM's warning before the time limit) is noted for the training loop
+(runtime.signals) instead of killing the process.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
 
 
 def terminate_on_sigterm() -> None:
-    """SIGTERM raises SystemExit(143) in the main thread (call from the main thread)."""
+    """SIGTERM raises SystemExit(143) in the main thread; SIGUSR2 is noted (call from the main thread)."""
 
     def handler(signum, frame):
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    from .runtime.signals import note_early_warning
+
+    note_early_warning()

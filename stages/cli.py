@@ -64,8 +64,11 @@ def prepare(params: Path = ParamsOption) -> None:
     from . import prepare as stage
     from .params import load_section
 
+    from .launch import dispatch
+
     p = load_section(params, "prepare")
     with stage_run("prepare", "data/prepared and metrics/prepare.json"):
+        dispatch("prepare", ["prepare"], params, 1, "prepare")
         record = stage.run(p)
     for role, splits in (("object", ("train", "val")), ("transfer", ("train", "val")), ("detection", ("trainval", "test"))):
         m = record[role]
@@ -173,6 +176,8 @@ def detection(
     cell = detection_cell(model, seed)
     with stage_run(f"detection-{cell}", f"checkpoints/detection/{cell} and its metrics"):
         m = stage.run(model, seed, params, resume=resume)
+    if not m:  # a machine other than the first of a multi-node job: the first reports
+        return
     err_console.print(f"detection {model} (seed {seed}): AP50 {m['AP50']:.2f}, AP {m['AP']:.2f}, AP75 {m['AP75']:.2f}")
 
 

@@ -32,6 +32,7 @@ from localagg.errors import UserError
 from localagg.io import file_sha256, read_json, write_json
 
 from .common import DvcLiveLogger, err_console, measure_cost, write_results
+from .launch import dispatch
 from .params import load_section
 from .roots import use_dataset_roots
 from .paths import DETECTION_MANIFEST, MODELS, STAGE_OF_MODEL, detection_cell, detection_metrics_path, model_path
@@ -63,8 +64,11 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
 
     use_dataset_roots(params)
     manifest = read_voc_manifest(DETECTION_MANIFEST)
+    machines = _machines()
     if det_cfg.device == "cuda":
-        _check_gpus(det_cfg.num_gpus)
+        _check_gpus(det_cfg.num_gpus // machines["num_machines"])
+    dispatch("detection", ["detection", "--model", model, "--seed", str(seed), *([] if resume else ["--no-resume"])],
+             params, det_cfg.num_gpus, "detection.num_gpus", per_node_workers=True, cell=f"detection@{model}-{seed}")
 
     import localagg.detection as det
     from localagg.detection.train import CHECKPOINT, EXAMPLES, checkpoint_progress
@@ -101,9 +105,11 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
         err_console.print(f"{out_dir}: resuming at iteration {progress['iterations']:,} of {det_cfg.max_iter:,}")
     logger.replay(upto=progress["iterations"], final=bool(progress.get("final")))
     with measure_cost() as cost:
-        aps = det.launch_training(det_cfg.num_gpus, manifest, DATASET_PREFIX, cfg, weights, resume=resume,
-                                  logger=logger, log_period=det_cfg.log_period)
+        aps = det.launch_training(det_cfg.num_gpus // machines["num_machines"], manifest, DATASET_PREFIX, cfg, weights,
+                                  resume=resume, logger=logger, log_period=det_cfg.log_period, **machines)
     logger.close()
+    if machines["machine_rank"]:  # the first machine tests, writes and reports
+        return {}
     if not all(k in aps for k in ("AP50", "AP", "AP75")):
         raise UserError(f"the VOC evaluator returned no box APs on {test_names[0]} ({aps}); "
                         "check that the test split has annotated objects.")
@@ -175,6 +181,18 @@ def _identity(cfg, ckpt: Path, manifest: dict) -> dict:
     return {"config": hashlib.sha256(cfg.dump().encode()).hexdigest(), "backbone": file_sha256(ckpt),
             "data": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
             "code": code.hexdigest()}
+
+
+def _machines() -> dict:
+    """This machine's place among the job's (a SLURM task per node sets NUM_NODES, NODE_RANK and
+    MASTER_ADDR/PORT, slurm_task.py); one machine otherwise."""
+    import os
+
+    nodes = int(os.environ.get("NUM_NODES", "1"))
+    if nodes <= 1:
+        return {"num_machines": 1, "machine_rank": 0, "dist_url": "auto"}
+    return {"num_machines": nodes, "machine_rank": int(os.environ["NODE_RANK"]),
+            "dist_url": f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"}
 
 
 def _check_gpus(wanted: int) -> None:

@@ -4,8 +4,10 @@
 owner's PID. A second `localagg` command for the same outputs (a direct run during `dvc
 repro`, or a stage left behind by a killed `dvc`) is refused with a message naming the
 holder's PID. The kernel releases the lock when its holder dies, so no stale lock survives
-a crash. Processes launched by a stage (torchrun workers, marked by LOCALAGG_LOCK_HELD)
-work under their parent's lock.
+a crash. Processes launched by a stage (torchrun workers, the tasks of its SLURM job, marked
+by LOCALAGG_LOCK_HELD) work under their parent's lock. A stage that runs as a SLURM job adds
+the job id to its lock file (`note_job`); while that job is queued or running, a later writer
+is refused even when the process that submitted it is gone (killed with SIGKILL).
 
 `watch_owner()`: when DVC runs the stage (DVC_STAGE is set), the stage follows the `dvc`
 process that started it: it gets SIGTERM when its parent exits (prctl), and a thread
@@ -31,6 +33,7 @@ from localagg.process import die_with_parent
 
 LOCKS = Path(".locks")
 HELD_ENV = "LOCALAGG_LOCK_HELD"
+_held: dict[str, int] = {}  # lock name -> the open file descriptor of the lock this process holds
 SHELLS = {"sh", "bash", "dash", "zsh", "fish", "ksh"}
 
 
@@ -48,16 +51,48 @@ def stage_lock(name: str, outputs: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            pid = holder.split()[0] if holder.split() else holder
             raise UserError(
-                f"another localagg process (PID {holder}) is writing {outputs} ({path}); wait for it to finish or "
-                f"stop it (`kill {holder}`), then run this again.") from None
+                f"another localagg process (PID {pid}) is writing {outputs} ({path}); wait for it to finish or "
+                f"stop it (`kill {pid}`), then run this again.") from None
+        _refuse_if_its_job_runs(os.pread(fd, 256, 0).decode(errors="replace"), outputs, path)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.environ[HELD_ENV] = name
+        _held[name] = fd
         yield
     finally:
         os.environ.pop(HELD_ENV, None)
+        _held.pop(name, None)
         os.close(fd)
+
+
+def note_job(job_id: str) -> None:
+    """Add a SLURM job id to the lock this process holds (the one named by LOCALAGG_LOCK_HELD)."""
+    fd = _held.get(os.environ.get(HELD_ENV, ""))
+    if fd is not None:
+        os.pwrite(fd, f"{os.getpid()}\nslurm-job {job_id}\n".encode(), 0)
+
+
+def _refuse_if_its_job_runs(previous: str, outputs: str, path: Path) -> None:
+    """The previous holder's SLURM job, when squeue still lists it, is a writer too."""
+    import re
+    import shutil
+    import subprocess
+
+    found = re.search(r"^slurm-job (\S+)$", previous, re.M)
+    if not found or shutil.which("squeue") is None:
+        return
+    job = found.group(1)
+    try:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                               timeout=60).stdout.strip()
+    except subprocess.TimeoutExpired:
+        state = ""
+    if state:
+        raise UserError(f"SLURM job {job} ({state.lower()}), started by an earlier localagg that is gone, is writing "
+                        f"{outputs} ({path}); wait for it (`squeue -j {job}`) or cancel it (`scancel {job}`), then "
+                        "run this again.")
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:

@@ -1,8 +1,13 @@
-"""How a stage command gets its processes: here, on this machine, or under torchrun.
+"""How a stage command gets its processes: here, under torchrun on this machine, or as a
+SLURM job (`launcher` section of params).
 
-`relaunch_under_torchrun(command, params, nproc)` re-runs the stage command as `torchrun
---standalone --nproc_per_node N -m stages ...` and exits with its status; the library's
-training and evaluation only read torchrun's environment (runtime.distributed).
+`dispatch(stage, argv, params, nproc, key)` is called by each heavy stage once its params and
+inputs are checked: inside a launched process (a torchrun worker, a SLURM task) it returns
+and the stage runs; with `launcher.kind: slurm` for this stage it submits the job and exits
+with its status (slurm.py); with nproc > 1 it re-runs the command under `torchrun --standalone
+--nproc_per_node N` and exits with its status; else it returns. The library's training and
+evaluation only read torch.distributed's environment (runtime.distributed), which torchrun
+and the SLURM tasks (slurm_task.py) both set.
 """
 
 from __future__ import annotations
@@ -19,8 +24,36 @@ from localagg.errors import UserError
 
 
 def launched() -> bool:
-    """True inside a process that torchrun started (it sets LOCAL_RANK)."""
+    """True inside a process that torchrun or a SLURM task started (they set LOCAL_RANK)."""
     return "LOCAL_RANK" in os.environ
+
+
+def in_slurm_job() -> bool:
+    from .slurm_task import JOB_ENV
+
+    return bool(os.environ.get(JOB_ENV))
+
+
+def dispatch(stage: str, argv: list[str], params: Path, nproc: int, key: str, per_node_workers: bool = False,
+             cell: str | None = None) -> None:
+    """Run the stage here (return), or elsewhere and exit with its status (module docstring).
+
+    `argv`: the stage command and its options, without --params. `key`: the params key that
+    sets `nproc` (named in messages). `cell`: the matrix cell (job name), default `stage`. `per_node_workers`: the stage starts its own workers on
+    each machine (detection, Detectron2's launcher), so a SLURM job gets one task per node.
+    """
+    if launched() or in_slurm_job():
+        return
+    from .params import load_section
+
+    launcher = load_section(params, "launcher")
+    if launcher.kind == "slurm" and stage in launcher.stages:
+        from .slurm import run_as_job
+
+        sys.exit(run_as_job(cell or stage, [*argv, "--params", str(params)], nproc, per_node_workers, launcher.slurm,
+                            key))
+    if nproc > 1 and not per_node_workers:
+        relaunch_under_torchrun(argv, params, nproc)
 
 
 def relaunch_under_torchrun(command: str | list[str], params: Path, nproc: int) -> None:

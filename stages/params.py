@@ -23,6 +23,8 @@ from localagg.training.methods.instance_recognition import IRConfig
 from localagg.training.methods.local_aggregation import LAConfig
 from localagg.training.methods.supervised import SupervisedConfig
 
+from .launcher_config import LauncherParams
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -221,7 +223,9 @@ SECTIONS: dict[str, Type[BaseModel]] = {
     "random_init": RandomInitParams,
     "transfer": TransferParams,
     "detection": DetectionParams,
+    "launcher": LauncherParams,
 }
+OPTIONAL = {"launcher"}  # a params file without it runs every stage on this machine
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
@@ -295,6 +299,8 @@ def format_validation_error(path: str | Path, section: str, model: Type[BaseMode
 
 def _validate(path: str | Path, data: dict, section: str) -> tuple[Any, list[str]]:
     """(the validated section or None, its problems as dotted-key lines)."""
+    if section not in data and section in OPTIONAL:
+        return SECTIONS[section](), []
     if section not in data:
         return None, [f"{section}: section is missing; see params.yaml in the repository for an example"]
     raw = data[section]

@@ -12,8 +12,8 @@ Each reads the `model` and `augment` sections and its own (`pretrain_ia` / `pret
 
 Each stage is one method object of localagg.training.methods run by the one loop
 (localagg.training.loop.Trainer). With `num_processes` > 1 the command relaunches itself
-under torchrun (launch.py; one machine); for several machines, run `torchrun ... -m stages
-<command>` yourself.
+under torchrun on this machine, or, with `launcher.kind: slurm`, submits itself as a SLURM
+job of `num_processes` tasks over `launcher.slurm.nodes` nodes (launch.py, slurm.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from localagg.errors import UserError
 
 from .common import DvcLiveLogger, measure_cost, write_results
-from .launch import exit_at_once_if_a_rank_fails, launched, relaunch_under_torchrun
+from .launch import dispatch, exit_at_once_if_a_rank_fails
 from .paths import model_path
 from .params import load_section
 from .roots import use_dataset_roots
@@ -69,14 +69,13 @@ def run(stage: str, params: Path) -> dict:
     use_dataset_roots(params, check=(OBJECT_DIR,))
     if stage == "supervised" and cfg.augment:
         aug = supervised_augment(params, aug, cfg)
-    if cfg.num_processes > 1 and not launched():
-        relaunch_under_torchrun(stage.replace("_", "-"), params, cfg.num_processes)
     p = paths(stage)
     init_from = None
     if stage == "pretrain_la":
         init_from = model_path("ir")
         if not init_from.is_file():
             raise UserError(f"{init_from} does not exist: LA starts from the IR model; run `dvc repro pretrain_ia` first.")
+    dispatch(stage, [stage.replace("_", "-")], params, cfg.num_processes, f"{stage}.num_processes")
     trainer = Trainer(method_of(stage, cfg), model_cfg, aug, OBJECT_DIR, p["checkpoints"], val_dir=OBJECT_DIR,
                       init_from=init_from)
     logger = DvcLiveLogger(p["live"]) if trainer.dist.is_main else None

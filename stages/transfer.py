@@ -25,7 +25,7 @@ from localagg.errors import UserError
 from localagg.io import read_json
 
 from .common import DvcLiveLogger, measure_cost, write_results
-from .launch import exit_at_once_if_a_rank_fails, launched, relaunch_under_torchrun
+from .launch import dispatch, exit_at_once_if_a_rank_fails
 from .params import load_section
 from .roots import use_dataset_roots
 from .paths import DATASETS as DATASET_NAMES
@@ -62,8 +62,8 @@ def run(model: str, dataset: str, params: Path) -> dict | None:
         raise UserError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}.")
     aug = load_section(params, "augment")
     p = load_section(params, "transfer")
-    if p.num_processes > 1 and not launched():
-        relaunch_under_torchrun(["transfer", "--model", model, "--dataset", dataset], params, p.num_processes)
+    dispatch("transfer", ["transfer", "--model", model, "--dataset", dataset], params, p.num_processes,
+             "transfer.num_processes", cell=f"transfer@{transfer_cell(model, dataset)}")
     model_cfg = load_section(params, "model") if model != PIXELS else None  # the baseline reads no `model`
     readout = getattr(p, dataset)
     if model == PIXELS:

@@ -75,9 +75,9 @@ def _commit(repo: Path, message: str) -> None:
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], repo)
 
 
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("repo")
+def copy_repository(dst: Path, over: dict) -> Path:
+    """The repository's tracked and new files (no data or results) in `dst`, a fresh git repo
+    with the params of `over` merged in."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\n")
     for rel in filter(None, files):
@@ -86,10 +86,15 @@ def repo_copy(tmp_path_factory):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     (dst / "dvc.lock").unlink(missing_ok=True)
-    _set_params(dst, TINY)
+    _set_params(dst, over)
     _run(["git", "init", "-q"], dst)
     _commit(dst, "copy")
     return dst
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    return copy_repository(tmp_path_factory.mktemp("repo"), TINY)
 
 
 @pytest.mark.slow

@@ -202,4 +202,16 @@ def _as_is(batch: list[dict]) -> list[dict]:
 def iteration_loader(stream: IterationBatches, start: int, stop: int, num_workers: int):
     """Iterate `stream` for iterations start .. stop - 1, in order (lists of mapped dicts)."""
     return iter(torch.utils.data.DataLoader(stream, sampler=range(start, stop), batch_size=None,
-                                            num_workers=num_workers, collate_fn=_as_is))
+                                            num_workers=num_workers, collate_fn=_as_is,
+                                            worker_init_fn=_leave_signals_to_training if num_workers else None))
+
+
+def _leave_signals_to_training(worker_id: int) -> None:
+    """A stop signal reaches every process of the job: the training process stops at its next
+    log window with a checkpoint and then ends its workers (runtime.signals)."""
+    import signal
+
+    from ..runtime.signals import STOP_SIGNALS
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -18,8 +18,14 @@ bit-reproducible, in a resumed run or any other. A checkpoint that cannot be rea
 not fit the model, is reported and training starts over. Checkpoints are read with
 `torch.load(weights_only=True)`: nothing in them is executed.
 
+SIGTERM, SIGINT and SIGUSR2 (preemption, Ctrl-C, SLURM's time-limit warning;
+runtime.signals) stop training at the end of the current log window (`log_period`
+iterations, so the resumed curve is the uninterrupted one) with a checkpoint; the process
+exits 128 + signal, and a rerun resumes there.
+
 Several GPUs: `launch_training` runs `train_detector` once per GPU through
-`detectron2.engine.launch` (NCCL; gloo on CPU) and returns what rank 0 wrote.
+`detectron2.engine.launch` (NCCL; gloo on CPU) and returns what rank 0 wrote; on several
+machines, each runs `launch_training` with its machine rank and the first machine's address.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import logging
 import math
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +57,7 @@ from ..io import read_json, write_json
 from ..process import die_with_parent
 from ..progress import Clock, track
 from ..runtime import checkpoint as ckpt
+from ..runtime.signals import StopSignals, exit_code, stopped_by
 from . import config as _config  # noqa: F401  (registers LocalAggRes5ROIHeads for build_model)
 from .convert import load_converted, load_strict
 from .data import IterationBatches, iteration_loader, register_voc_manifest, step_seed
@@ -170,7 +178,8 @@ def train_detector(
     steps_in_window = 0
     clock = Clock(done=start_iter, total=max_iter)
     model.train()
-    with EventStorage(start_iter) as storage:
+    agree = _max_over_ranks if world > 1 else None
+    with EventStorage(start_iter) as storage, StopSignals(agree, 1, _comm_device(cfg)) as stop:
         for iteration in track(range(start_iter, max_iter), "detection training", total=max_iter - start_iter,
                                enabled=comm.is_main_process()):
             storage.iter = iteration
@@ -205,6 +214,14 @@ def train_detector(
                              f"{max_iter:,}", total, ", ".join(f"{k} {v:.3f}" for k, v in record.items()), lr,
                              clock.text(iteration + 1))
                 window, steps_in_window = {}, 0
+                signum = 0 if last else stop.requested(iteration + 1)  # every rank ends the same window
+                if signum:
+                    _save(cfg, model, optimizer, scheduler, iteration + 1, final=False)
+                    if comm.is_main_process():
+                        log.warning("detection: stopped by %s at iteration %s of %s; checkpoint saved in %s. Run the "
+                                    "stage again (dvc repro) to resume from here.", signal.Signals(signum).name,
+                                    f"{iteration + 1:,}", f"{max_iter:,}", cfg.OUTPUT_DIR)
+                    raise SystemExit(exit_code(signum))
             test_now = last or (cfg.TEST.EVAL_PERIOD and (iteration + 1) % cfg.TEST.EVAL_PERIOD == 0)
             if test_now and precise:  # before saving, so the checkpoint is what is tested
                 _precise_bn(cfg, model, dicts, iteration + 1, precise)
@@ -277,6 +294,16 @@ def _test(cfg: CfgNode, model: torch.nn.Module) -> dict[str, float]:
     return aps
 
 
+def _max_over_ranks(flag: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag
+
+
+def _comm_device(cfg: CfgNode) -> torch.device:
+    """Where a tensor for a collective lives: NCCL takes CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", comm.get_local_rank()) if cfg.MODEL.DEVICE.startswith("cuda") else torch.device("cpu")
+
+
 def launch_training(
     num_gpus: int,
     manifest: dict,
@@ -286,19 +313,31 @@ def launch_training(
     resume: bool = False,
     logger: StepLogger | None = None,
     log_period: int = 20,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
 ) -> dict[str, float]:
-    """`train_detector` in this process (num_gpus 1) or in one process per GPU (Detectron2's
-    `launch` on a free local port); returns rank 0's APs.
+    """`train_detector` in this process (one process in all) or in `num_gpus` processes on each
+    of `num_machines` machines (Detectron2's `launch`; `dist_url` tcp://<first machine>:<port>
+    on several, a free local port on one); returns rank 0's APs ({} on the other machines).
 
     Detectron2's dataset catalog lives in each process, so every process registers the
     manifest under `name_prefix` (as the caller did to build `cfg`). With several
-    processes, `logger` is pickled into them and used by rank 0 only.
+    processes, `logger` is pickled into them and used by rank 0 only. The workers stop
+    themselves on a stop signal (module docstring); this process waits for them and exits
+    with their status.
     """
-    if num_gpus <= 1:
+    if num_gpus * num_machines <= 1:
         return _register_and_train(manifest, name_prefix, cfg, weights, resume, logger, log_period)
-    launch(_launched_worker, num_gpus, dist_url="auto",
-           args=(manifest, name_prefix, cfg, weights, resume, logger, log_period))
-    return read_json(Path(cfg.OUTPUT_DIR) / TEST_METRICS)
+    with StopSignals():  # noted, not acted on: the workers checkpoint and end, then so does this process
+        try:
+            launch(_launched_worker, num_gpus, num_machines=num_machines, machine_rank=machine_rank,
+                   dist_url=dist_url, args=(manifest, name_prefix, cfg, weights, resume, logger, log_period))
+        except torch.multiprocessing.ProcessExitedException as exc:
+            if stopped_by(exc.exit_code):
+                raise SystemExit(exc.exit_code) from None
+            raise
+    return read_json(Path(cfg.OUTPUT_DIR) / TEST_METRICS) if machine_rank == 0 else {}
 
 
 def _launched_worker(*args) -> dict[str, float]:

@@ -75,3 +75,4 @@ def init_worker(seed: int, rank: int, worker_id: int) -> None:
     # process, which stops at the next step with a checkpoint and then ends its workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from ..models.batchnorm import set_bn_groups, set_sync_bn
 from ..models.config import ModelConfig
 from ..progress import Clock, duration, track
 from ..runtime import checkpoint as ckpt
+from ..runtime.signals import StopSignals, exit_code
 from ..knn import TopK, correct_count, knn_scores
 from ..runtime.distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, broadcast, gather_rows,
                                    init_distributed)
@@ -83,48 +83,9 @@ class _State:
     epoch_stats: dict[str, float] = field(default_factory=dict)  # what the method's epoch start measured
 
 
-class _StopSignals:
-    """SIGTERM and SIGINT (a preemption, `kill`, Ctrl-C) end training at the next step boundary
-    with a checkpoint, instead of losing the work since the last one.
-
-    The handler only notes the signal. `requested` is read at step boundaries: every step on one
-    process; on several, every GUARD_EVERY_STEPS steps, as the maximum over the ranks (torchrun
-    passes a SIGTERM to every rank, each at its own step), so that all stop at the same step. A
-    second Ctrl-C aborts at once.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, trainer: "Trainer"):
-        self.trainer, self.received, self._old = trainer, 0, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._note)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-    def _note(self, signum, frame) -> None:
-        if self.received and signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def requested(self, global_step: int) -> int:
-        """The signal to stop for (0: none), the same on every rank."""
-        dist = self.trainer.dist
-        if not dist.enabled:
-            return self.received
-        if global_step % GUARD_EVERY_STEPS:
-            return 0
-        flag = torch.tensor([self.received], dtype=torch.int64, device=self.trainer.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+def _max_over_ranks(flag: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag
 
 
 class _FiniteGuard:
@@ -456,7 +417,8 @@ class Trainer:
         clock = Clock(done=s.epoch * steps_per_epoch + s.step, total=cfg.epochs * steps_per_epoch)
         every = cfg.log_every_steps or (steps_per_epoch // 10 if steps_per_epoch >= 200 else 0)
         guard = _FiniteGuard(self, steps_per_epoch)
-        with _StopSignals(self) as signals:
+        agree = _max_over_ranks if self.dist.enabled else None  # each rank gets a SIGTERM at its own step
+        with StopSignals(agree, GUARD_EVERY_STEPS, self.device) as signals:
             return self._epochs(stop_after_steps, resumed, steps_per_epoch, clock, every, guard, signals)
 
     def _epochs(self, stop_after_steps, resumed, steps_per_epoch, clock, every, guard, signals) -> PretrainResult:
@@ -531,7 +493,7 @@ class Trainer:
                                     "stage again (dvc repro) to resume from here.", name, signal.Signals(signum).name,
                                     s.epoch + 1, f"{s.step:,}", f"{batches.steps:,}", self.ckpt_dir)
                     barrier()
-                    raise SystemExit(128 + signum)
+                    raise SystemExit(exit_code(signum))
             guard.check()
             seconds = time.perf_counter() - t0
             local_mean = torch.tensor([(s.loss_sum + loss_sum.item()) / batches.steps], device=self.device,
