@@ -53,6 +53,12 @@ class Cost:
     seconds: float = 0.0
     basis: str = ""            # where `seconds` comes from
     notes: list[str] = field(default_factory=list)
+    gpus: int = 0              # GPUs it holds for `seconds` (0: a CPU stage)
+
+    @property
+    def gpu_hours(self) -> float:
+        """What a cluster bills: the GPUs held times the time (a SLURM job holds them all throughout)."""
+        return self.gpus * self.seconds / 3600
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,7 +164,7 @@ def pretrain_cost(stage: str, cfg, model_cfg, crop: int, n: int, num_classes: in
         seconds += cfg.epochs * cfg.num_kmeans * cfg.kmeans_iterations * 2.0 * n * cfg.num_clusters * D / (
             world * _matmul_flops(device))
     seconds += cfg.epochs * n / (world * rate * 3 / flops_ratio(model_cfg, crop))  # the kNN monitor's embed
-    return Cost(stage, items, gpu, int(host), int(disk), seconds, basis, notes)
+    return Cost(stage, items, gpu, int(host), int(disk), seconds, basis, notes, world if device == "cuda" else 0)
 
 
 def _matmul_flops(device: str) -> float:
@@ -194,7 +200,8 @@ def readout_cost(cell: str, readout, model_cfg, dims: dict[str, int], train: int
         basis = f"CPU loader: {cores} cores x {LOADER_IMG_S_PER_CORE:,.0f} img/s (costs.py)"
     host = cache + world * PROCESS_BYTES[device] + (world + world * readout.num_workers) * (train + val) * \
         MANIFEST_ROW_BYTES
-    return Cost(cell, items, gpu if device == "cuda" else 0, int(host), 0, seconds, basis)
+    return Cost(cell, items, gpu if device == "cuda" else 0, int(host), 0, seconds, basis,
+                gpus=world if device == "cuda" else 0)
 
 
 def detection_cost(cell: str, det, device: str, gpus: int, rate: float | None = None, basis: str = "") -> Cost:
@@ -210,4 +217,4 @@ def detection_cost(cell: str, det, device: str, gpus: int, rate: float | None = 
         basis = ("assumed: Detectron2 model zoo, R50-C4 on V100" if device == "cuda"
                  else "assumed: 0.5 img/s on a CPU at the paper's sizes")
     return Cost(cell, items, gpu, world * PROCESS_BYTES[device] + 2 * GIB, 2 * 200 * 2**20, items / (rate * world),
-                basis)
+                basis, gpus=world if device == "cuda" else 0)

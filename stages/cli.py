@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from localagg.errors import UserError
+
 from .common import ParamsOption, configure_logging, err_console, stage_run, user_errors
 from .paths import DATASETS, MODELS, TRANSFER_MODELS
 
@@ -215,8 +217,16 @@ def check(params: Path = ParamsOption) -> None:
     from .params import validate_all
     from .prepare import expected_sizes
 
+    from .slurm import check_problems
+
     sections = validate_all(params, data_sizes=expected_sizes)
+    problems, note = check_problems(sections)  # with launcher.kind: slurm, what sbatch --test-only says
+    if problems:
+        raise UserError(f"{params}: {len(problems)} problem(s) with the SLURM jobs:\n"
+                        + "\n".join(f"  - {p}" for p in problems))
     err_console.print(f"{params}: {len(sections)} section(s) valid: {', '.join(sections)}")
+    if note:
+        err_console.print(f"note: {note}")
 
 
 @app.command()

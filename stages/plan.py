@@ -187,12 +187,15 @@ def _duration(seconds: float) -> str:
 def render(costs: list[Cost], problems: list[str], machine: Machine) -> str:
     """The plan as a Markdown table (what `localagg plan` prints and the README shows)."""
     lines = [f"Plan for {machine.describe()}:", "",
-             "| stage | images | GPU memory (each) | host memory | disk | time | time from |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| stage | images | GPU memory (each) | host memory | disk | time | GPU-hours | time from |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for c in costs:
         lines.append(f"| {c.stage} | {c.items:,} | {c.gpu_bytes / GIB:,.1f} GiB | {c.host_bytes / GIB:,.1f} GiB | "
-                     f"{c.disk_bytes / GIB:,.2f} GiB | {_duration(c.seconds)} | {c.basis} |")
-    lines += ["", f"Total: {_duration(sum(c.seconds for c in costs))} one stage after another."]
+                     f"{c.disk_bytes / GIB:,.2f} GiB | {_duration(c.seconds)} | "
+                     f"{f'{c.gpu_hours:,.1f}' if c.gpus else '-'} | {c.basis} |")
+    gpu_hours = sum(c.gpu_hours for c in costs)
+    lines += ["", f"Total: {_duration(sum(c.seconds for c in costs))} one stage after another"
+              + (f", {gpu_hours:,.0f} GPU-hours (what a SLURM allocation is billed)." if gpu_hours else ".")]
     lines += ["", "Nothing here would not fit." if not problems else "Would not fit or would be slow:"]
     lines += [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"

@@ -265,3 +265,33 @@ def _outcome(stage: str, job_id: str, final: dict, folder: Path, slurm: SlurmPar
         print(f"error: {stage}: SLURM job {job_id} ended {final['state']} (exit code {final.get('exit_code') or code}); "
               f"its log is above, every task's in {logs}", file=sys.stderr, flush=True)
     return 1
+
+
+def stage_processes(stage: str, sections: dict) -> tuple[int, str, bool]:
+    """(processes, the key that sets them, workers started per node) of a stage's job."""
+    if stage == "prepare":
+        return 1, "prepare", False
+    if stage == "detection":
+        return sections["detection"].num_gpus, "detection.num_gpus", True
+    return sections[stage].num_processes, f"{stage}.num_processes", False
+
+
+def check_problems(sections: dict) -> tuple[list[str], str | None]:
+    """For `localagg check`: (what SLURM would refuse for each stage run as a job, a note when
+    SLURM cannot be asked from here). Nothing with launcher.kind: local."""
+    launcher = sections.get("launcher")
+    if launcher is None or launcher.kind != "slurm":
+        return [], None
+    if tools_problem():
+        return [], "launcher.kind is slurm, but SLURM's commands are not on PATH here: the job requests were not checked"
+    problems: list[str] = []
+    for stage in launcher.stages:
+        slurm = launcher.slurm
+        if stage == "prepare":
+            slurm = slurm.model_copy(update={"nodes": 1, "gpus_per_node": 0})
+        nproc, key, per_node = stage_processes(stage, sections)
+        try:
+            check_request(stage, nproc, per_node, slurm, key)
+        except UserError as err:
+            problems.append(str(err))
+    return problems, None

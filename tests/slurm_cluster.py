@@ -43,6 +43,13 @@ def install() -> None:
         subprocess.run(["apt-get", *lock, "install", "-y", "-qq", *PACKAGES], env=env, check=True, capture_output=True)
 
 
+def _memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 4000
+
+
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -54,8 +61,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 class OneHostCluster:
-    def __init__(self, root: Path, partition: str = "debug", memory_mb: int = 8000):
-        self.root, self.partition, self.memory_mb = Path(root), partition, memory_mb
+    def __init__(self, root: Path, partition: str = "debug"):
+        self.root, self.partition = Path(root), partition
+        self.memory_mb = min(8000, _memory_mb() // 2)  # more than the machine has would drain the node
         self.host = socket.gethostname().split(".")[0]
         self.conf = self.root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
@@ -67,7 +75,7 @@ class OneHostCluster:
         for d in ("state", "spool", "log", "run"):
             (r / d).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(f"""ClusterName=localagg-test
-SlurmctldHost={self.host}
+SlurmctldHost={self.host}(127.0.0.1)
 SlurmctldPort={self.ports[0]}
 SlurmdPort={self.ports[1]}
 AuthType=auth/munge
@@ -93,7 +101,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
-NodeName={self.host} CPUs={os.cpu_count()} RealMemory={self.memory_mb} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={self.memory_mb} State=UNKNOWN
 PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 """)
 
@@ -106,8 +114,8 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
             shutil.chown(run_dir, "munge", "munge")
             subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "munged --force"], check=True, capture_output=True)
             self._pidfiles.append(run_dir / "munged.pid")
-        for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([daemon, "-f", str(self.conf)], env=self.env, check=True, capture_output=True)
+        for daemon, args in (("slurmctld", []), ("slurmd", ["-N", self.host])):
+            subprocess.run([daemon, "-f", str(self.conf), *args], env=self.env, check=True, capture_output=True)
             self._pidfiles.append(self.root / "run" / f"{daemon}.pid")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

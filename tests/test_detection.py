@@ -355,13 +355,14 @@ train, test = register_voc_manifest(manifest, "killed")
 det = DetectionConfig.cpu_default(max_iter=12, steps=(8,), warmup_iters=2, ims_per_batch=2, log_period=2,
                                   checkpoint_period=2, precise_bn_iters=2)
 cfg = build_cfg(det, "resnet18", len(manifest["classes"]), train, test, sys.argv[2])
-print(json.dumps(train_detector(cfg, sys.argv[3], resume=True)))
+print(json.dumps(train_detector(cfg, sys.argv[3], resume=True, log_period=2)))
 """
 
 
-def _run_script(tmp_path, manifest_path, out, weights, kill_after=None):
-    """Run a 12-iteration detection in a fresh process; with `kill_after`, SIGKILL it as soon as
-    its checkpoint records that many iterations (a real interruption, not a simulated one)."""
+def _run_script(tmp_path, manifest_path, out, weights, kill_after=None, signum=None):
+    """Run a 12-iteration detection in a fresh process; with `kill_after`, send it `signum`
+    (SIGKILL by default) as soon as its checkpoint records that many iterations (a real
+    interruption, not a simulated one). Returns the APs, or the exit code when signalled."""
     import os
     import signal
     import subprocess
@@ -382,13 +383,17 @@ def _run_script(tmp_path, manifest_path, out, weights, kill_after=None):
         assert proc.poll() is None, f"the run ended before it could be interrupted:\n{proc.stderr.read()}"
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return None
+    proc.send_signal(signum or signal.SIGKILL)
+    proc.wait(timeout=600)
+    return proc.returncode
 
 
 @pytest.mark.slow
-def test_a_run_killed_midway_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGTERM"])
+def test_a_run_killed_midway_and_resumed_ends_bit_identical_to_an_uninterrupted_run(tmp_path, signum):
+    """SIGKILL: the periodic checkpoint; SIGTERM (a preemption): a checkpoint at the end of the
+    log window the signal came in, then exit 143."""
+    import signal
     out = tmp_path / "prepared"
     root = out / "VOCdevkit"
     rng = np.random.default_rng(1)
@@ -403,7 +408,9 @@ def test_a_run_killed_midway_and_resumed_ends_bit_identical_to_an_uninterrupted_
     save_converted(convert_to_detectron2(net.state_dict(), net.meta()), weights)
 
     whole = _run_script(tmp_path, out / "detection.json", tmp_path / "whole", weights)
-    _run_script(tmp_path, out / "detection.json", tmp_path / "cut", weights, kill_after=4)
+    code = _run_script(tmp_path, out / "detection.json", tmp_path / "cut", weights, kill_after=4,
+                       signum=getattr(signal, signum))
+    assert code == (-signal.SIGKILL if signum == "SIGKILL" else 128 + signal.SIGTERM), code
     done = checkpoint_progress(tmp_path / "cut")
     assert 4 <= done["iterations"] < 12 and not done["final"], done
     resumed = _run_script(tmp_path, out / "detection.json", tmp_path / "cut", weights)

@@ -54,7 +54,7 @@ class FakeLaunch:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, num_gpus, manifest, prefix, cfg, weights, resume, logger, log_period):
+    def __call__(self, num_gpus, manifest, prefix, cfg, weights, resume, logger, log_period, **machines):
         out = Path(cfg.OUTPUT_DIR)
         had = resume and checkpoint_progress(out)["final"]
         self.calls.append({"resume": resume, "had_checkpoint": had,

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from .conftest import make_arrays_dataset
-from .slurm_cluster import OneHostCluster, unavailable
+from .slurm_cluster import PACKAGES, OneHostCluster, install, unavailable
 from .test_dvc_pipeline import TINY, copy_repository
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +30,11 @@ POLL = {"poll_s": 0.3, "cpus_per_task": 1, "time_min": 10}
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     reason = unavailable()
+    if reason is None:
+        try:
+            install()
+        except subprocess.CalledProcessError as err:  # no Debian package source reachable
+            reason = f"apt-get could not install {', '.join(PACKAGES)}: {(err.stderr or b'').decode()[-300:]}"
     if reason:
         pytest.skip(f"no SLURM test cluster on this machine: {reason}")
     c = OneHostCluster(tmp_path_factory.mktemp("slurm")).start()
@@ -219,3 +224,21 @@ def test_dvc_repro_through_slurm_then_ctrl_c_leaves_no_job(cluster, tmp_path):
     assert f"cancelling SLURM job {job}" in text, text
     assert cluster.squeue() == [], text
     assert (repo / "checkpoints/pretrain_ia/last.pt").is_file(), text  # the job's stage saved at its next step
+
+
+def test_check_lists_what_slurm_would_refuse_for_each_stage(cluster, tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["launcher"] = _slurm(partition="nope")
+    params["launcher"]["stages"] = ["pretrain_ia", "detection"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run([str(BIN / "localagg"), "check"], cwd=tmp_path, env=_env(cluster), capture_output=True,
+                          text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "2 problem(s) with the SLURM jobs" in proc.stderr
+    for stage in ("pretrain_ia", "detection"):
+        assert f"SLURM refuses the job for {stage}: invalid partition specified: nope" in proc.stderr, proc.stderr
+    params["launcher"]["slurm"]["partition"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ok = subprocess.run([str(BIN / "localagg"), "check"], cwd=tmp_path, env=_env(cluster), capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stderr

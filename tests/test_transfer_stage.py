@@ -66,3 +66,29 @@ def test_a_transfer_cell_on_two_processes_records_what_one_process_records(tmp_p
     # each run records its layers' first and last training losses (the report flags one that grew)
     assert set(one["runs"][0]["losses"]) == set(one["runs"][0]["linear"]) and all(
         len(pair) == 2 for pair in one["runs"][0]["losses"].values())
+
+
+@pytest.mark.slow
+def test_a_transfer_cell_stopped_by_sigterm_writes_nothing_and_its_rerun_records_what_a_clean_run_records(tmp_path):
+    import os
+    import signal
+    import time
+
+    clean = _run_cell(_workdir(tmp_path / "clean", 1))
+    root = _workdir(tmp_path / "cut", 1)
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "transfer", "-m", "random", "-d", "object"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    started = root / "dvclive/transfer/random-object/seed0"
+    deadline = time.monotonic() + 300
+    while not started.exists():  # the first readout is training
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert not (root / "records/transfer/random-object.json").exists()
+    assert not (root / "metrics/transfer/random-object.json").exists()
+    again = _run_cell(root)
+    drop = ("cost", "environment")
+    assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in clean.items() if k not in drop}
