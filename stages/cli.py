@@ -210,6 +210,35 @@ def report(
         typer.echo(str(path))
 
 
+@app.command("import")
+@user_errors
+def import_model(
+    path: Path = typer.Argument(..., exists=False, help="the checkpoint file (torchvision, MoCo, NPID, VISSL, "
+                                                        "mmselfsup, hub, or a localagg export)"),
+    arch: str = typer.Option(..., "--arch", help="the ResNet it holds: resnet18 or resnet50"),
+    stem: str = typer.Option("imagenet", "--stem", help="imagenet (7x7 conv + max-pool) or small"),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the file's keys), torchvision, moco, npid, vissl, "
+                                                     "mmselfsup, hub or localagg"),
+    embedding_dim: int = typer.Option(128, "--embedding-dim", min=1, help="keep a linear head of this width as the "
+                                                                           "embedding (else: the pooled features)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where to write the model (default models/<file stem>.pt)"),
+) -> None:
+    """Convert one published checkpoint into the pipeline's model format and say what was found.
+
+    Nothing in the file is executed: pickled objects of other code become inert placeholders.
+    """
+    from .imports import import_checkpoint
+
+    info = import_checkpoint(path, arch, stem, embedding_dim, fmt, out)
+    err_console.print(f"{path}: {info['format']} format; {info['trunk_tensors']} trunk tensors mapped onto {arch} "
+                      f"({stem} stem); {info['embedding']}")
+    if info["dropped"]:
+        err_console.print(f"left out: {', '.join(info['dropped'][:8])}{' ...' if len(info['dropped']) > 8 else ''}")
+    if info["replaced_classes"]:
+        err_console.print("pickled objects not loaded (inert placeholders): " + ", ".join(info["replaced_classes"]))
+    err_console.print(f"wrote {info['out']}")
+
+
 @app.command()
 @user_errors
 def check(params: Path = ParamsOption) -> None:
