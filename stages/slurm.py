@@ -45,7 +45,7 @@ STATUS = "{job}_status.json"  # task 0 writes the stage's exit code here (read w
 
 
 def tools_problem() -> str | None:
-    missing = [t for t in ("sbatch", "scontrol", "scancel", "squeue") if shutil.which(t) is None]
+    missing = [t for t in ("sbatch", "srun", "scontrol", "scancel", "squeue") if shutil.which(t) is None]
     if missing:
         return (f"launcher.kind is slurm but {', '.join(missing)} is not on PATH here; run dvc on a SLURM login node, "
                 "or set launcher.kind: local.")

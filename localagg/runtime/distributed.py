@@ -48,11 +48,12 @@ def shard(n: int, rank: int, world_size: int) -> range:
 
 
 def pick_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when available, else cpu."""
+    """'auto' -> cuda:<local_rank> when available (modulo the visible devices), else cpu."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", local_rank)
+    if device == "cuda":  # a scheduler that binds one GPU to each task shows each process one device
+        count = torch.cuda.device_count()
+        return torch.device("cuda", local_rank % count if count else local_rank)
     return torch.device(device)
 
 
