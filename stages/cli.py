@@ -244,15 +244,20 @@ def import_model(
 def check(params: Path = ParamsOption) -> None:
     """Validate every section of the params file and the params that must fit the data; lists every problem."""
     from .params import validate_all
-    from .prepare import expected_sizes
+    from .prepare import check_inputs, expected_sizes
 
     from .slurm import check_problems
 
     sections = validate_all(params, data_sizes=expected_sizes)
-    problems, note = check_problems(sections)  # with launcher.kind: slurm, what sbatch --test-only says
+    problems = []
+    try:
+        check_inputs(sections["prepare"])  # the dataset roots exist (their layout: `localagg prepare`)
+    except UserError as err:
+        problems.append(str(err))
+    slurm, note = check_problems(sections)  # with launcher.kind: slurm, what sbatch --test-only says
+    problems += slurm
     if problems:
-        raise UserError(f"{params}: {len(problems)} problem(s) with the SLURM jobs:\n"
-                        + "\n".join(f"  - {p}" for p in problems))
+        raise UserError(f"{params}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
     err_console.print(f"{params}: {len(sections)} section(s) valid: {', '.join(sections)}")
     if note:
         err_console.print(f"note: {note}")

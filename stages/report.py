@@ -37,8 +37,9 @@ from localagg.io import atomic_path, write_text
 from localagg.report.figures import (best_per_class, clusters_figure, detection_figure, detections_figure,
                                      maps_figure, per_class_figure, pretraining_figure, readout_figure,
                                      retrieval_figure)
-from localagg.report.markdown import render
-from localagg.report.results import MODELS, PIXELS, ROLES, TRANSFER_MODELS, Record, RunMetrics, aggregate, csv_text
+from localagg.report.markdown import per_class_facts, render, retrieval_facts
+from localagg.report.results import (BASELINE_ORDER, MODELS, PIXELS, ROLES, TRANSFER_MODELS, Record, RunMetrics, aggregate,
+                                     csv_text)
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
 from .roots import use_dataset_roots
@@ -114,6 +115,29 @@ def expected_files(seeds: dict[str, list[int]]) -> list[tuple[Path, str]]:
     return files
 
 
+def declared_metrics(seeds: dict[str, list[int]]) -> set[Path]:
+    """The metrics files the stages write (each record's counterpart under metrics/)."""
+    out = {Path("metrics/prepare.json")} | {Path("metrics") / f"{stage}.json" for stage in PRETRAIN_STAGES.values()}
+    out |= {transfer_metrics_path(m, d) for d in ROLES for m in TRANSFER_MODELS}
+    out |= {detection_metrics_path(m, s) for m in MODELS for s in seeds["detection"]}
+    return out
+
+
+def refuse_strays(seeds: dict[str, list[int]]) -> None:
+    """A JSON file under metrics/ or records/ that no stage writes (an older layout, a removed
+    seed, a copy) would show in `dvc metrics show` beside the report's numbers and contradict
+    them: one UserError lists every one, before anything is written."""
+    declared = declared_metrics(seeds)
+    declared |= {record_path(p) for p in declared}
+    strays = sorted(str(p) for root in (Path("metrics"), Path("records")) if root.is_dir()
+                    for p in root.rglob("*.json") if p not in declared)
+    if strays:
+        raise UserError(f"{len(strays)} file(s) under metrics/ or records/ are written by no stage of this params file "
+                        f"(an older layout, or a seed no longer listed): {', '.join(strays[:6])}"
+                        f"{' ...' if len(strays) > 6 else ''}. Remove them (`git rm` where they are committed), so that "
+                        "`dvc metrics show` and the report agree.")
+
+
 def _record(path: Path, stage: str) -> Record:
     try:
         data = json.loads(path.read_text())
@@ -152,6 +176,7 @@ def load(params: Path) -> RunMetrics:
         listed = "; ".join(f"{path} (`dvc repro {stage}`)" for path, stage in missing)
         raise UserError(f"{len(missing)} files the report needs do not exist: {listed}. Run those stages, "
                         f"or `dvc repro` for the whole pipeline.")
+    refuse_strays(seeds)
     rec = {path: _record(path, stage) for path, stage in files if path.suffix == ".json"}
     run = RunMetrics(
         prepare=rec[PREPARE_RECORD],
@@ -209,7 +234,7 @@ def run(params: Path, out: Path = Path("reports")) -> list[Path]:
     m = load(Path(params))
     cells = aggregate(m)
     out = Path(out)
-    text = render(m, cells, {name: FIGURES[name] for name in figure_names(m)})
+    text = render(m, cells, {name: FIGURES[name] for name in figure_names(m)}, figure_facts(m, cells))
     with atomic_path(out / "figures") as tmp:  # every figure, or the old folder stays whole
         drawn = draw_figures(m, cells, tmp.parent)
     write_text(out / "results.csv", csv_text(cells))
@@ -227,6 +252,35 @@ def figure_names(m: RunMetrics) -> list[str]:
     return names
 
 
+def _best_per_class(m: RunMetrics, cells) -> dict:
+    """{model: (best layer, mean top-1 per class)} on the object set, from the transfer records."""
+    per_class = {model: {} for model in TRANSFER_MODELS}
+    for model in TRANSFER_MODELS:
+        for r in m.transfer[(model, "object")]:
+            for layer, values in (r.get("per_class", optional=True) or {}).items():
+                per_class[model].setdefault(layer, []).append(values)
+    return best_per_class(cells, per_class, "object")
+
+
+RETRIEVAL_QUERIES = 4  # the queries the retrieval figure shows
+
+
+def figure_facts(m: RunMetrics, cells) -> dict[str, str]:
+    """A sentence of this run's numbers per figure, computed from what the figure draws."""
+    obj = ObjectImages(OBJECT_DIR)
+    counts = {}
+    for model in TRANSFER_MODELS:
+        found = _views(m.transfer[(model, "object")][0]).get("retrieval")
+        if not found:
+            continue
+        pairs = [(q, n) for q, ns in zip(found["queries"][:RETRIEVAL_QUERIES], found["neighbours"]) for n in ns]
+        counts[model] = (sum(obj.label("train", n) == obj.label("val", q) for q, n in pairs), len(pairs))
+    order = [mdl for mdl in BASELINE_ORDER if mdl in counts]
+    classes = m.transfer[("la", "object")][0].get("classes")
+    return {"retrieval": retrieval_facts({mdl: counts[mdl] for mdl in order}),
+            "per_class": per_class_facts(_best_per_class(m, cells), classes)}
+
+
 def _views(record: Record) -> dict:
     """The pictures' data a stage recorded (`views`), {} when it recorded none."""
     return record.get("views", optional=True) or {}
@@ -239,16 +293,11 @@ def draw_figures(m: RunMetrics, cells, out: Path) -> list[str]:
     readout_figure(cells, out / FIGURES["readout"])
     pretraining_figure(m.curves, out / FIGURES["pretraining"])
     detection_figure(cells, out / FIGURES["detection"])
-    per_class = {model: {} for model in TRANSFER_MODELS}
-    for model in TRANSFER_MODELS:
-        for r in m.transfer[(model, "object")]:
-            for layer, values in (r.get("per_class", optional=True) or {}).items():
-                per_class[model].setdefault(layer, []).append(values)
     classes = m.transfer[("la", "object")][0].get("classes")
-    per_class_figure(best_per_class(cells, per_class, "object"), classes, obj.name, out / FIGURES["per_class"])
+    per_class_figure(_best_per_class(m, cells), classes, obj.name, out / FIGURES["per_class"])
     views = {model: _views(m.transfer[(model, "object")][0]) for model in TRANSFER_MODELS}
     retrieval_figure({k: v["retrieval"] for k, v in views.items() if "retrieval" in v}, obj.image, obj.label,
-                     out / FIGURES["retrieval"])
+                     out / FIGURES["retrieval"], queries=RETRIEVAL_QUERIES)
     maps_figure({k: v["map"] for k, v in views.items() if "map" in v}, lambda i: obj.label("val", i), classes,
                 out / FIGURES["maps"])
     if "clusters" in drawn:

@@ -258,3 +258,12 @@ def test_a_full_disk_is_one_message_naming_the_file_and_the_old_output_stays_who
     assert "MiB are free on the file system of" in said and "Nothing was half-written" in said
     assert (tmp_path / "models/random.pt").read_bytes() == b"the previous model"
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["random.pt"]
+
+
+def test_check_refuses_a_dataset_root_that_does_not_exist(tmp_path):
+    """The preset's placeholder root is not a valid run: `check` says so before `prepare` would."""
+    def mutate(p):
+        p["prepare"]["transfer"] = {"source": "places205", "root": str(tmp_path / "datasets/places205")}
+        p["transfer"]["transfer"]["cache_features"] = False  # 2.4M images' features would not fit here
+    _assert_user_error(localagg("check", "--params", str(write_params(tmp_path, mutate))), "1 problem(s)",
+                       f"prepare.transfer.root = {tmp_path}/datasets/places205: folder does not exist")

@@ -209,7 +209,13 @@ def test_results_md_says_not_comparable_why_and_shows_mean_std_n(toy_run):
     assert "| layer | crop | la (n=2) | ir (n=2) | random (n=2) | supervised (n=2) |" in md
     assert "| conv5 | 10-crop | 59.50 ± 0.71 | 49.50 ± 0.71 | 19.50 ± 0.71 | 79.50 ± 0.71 |" in md
     assert "| la | 1 | 60.00 | 30.00 | 15.00 |" in md  # detection, one seed: no ± std
-    assert "Trained on VOC07 trainval (30 images), tested on VOC07 test (10 images)" in md
+    # the set that ran is named (the synthetic scenes, not VOC07), with what a smoke-size run shows
+    assert ("Trained on the trainval split of `synthetic_voc` (30 images), tested on the test split of "
+            "`synthetic_voc` (10 images)") in md
+    assert "this run shows that the stage runs end to end, not which backbone detects better" in md
+    # captions say this run's numbers, not a claim the figure may contradict
+    assert "AP50 in this run: LA 60.00, IR" in md and "(1 seed(s) each)" in md
+    assert "keep the query's class" not in md and "Look for the gap" not in md
     assert "| `pretrain_la` | `records/pretrain_la.json` | 62.1 min | 2.03 h | 2,048 MB | n/a |" in md
     assert "| `pretrain_ia` | `records/pretrain_ia.json` | n/a | n/a | n/a | n/a |" in md
     assert "| NMI with the true classes | 0.448 |" in md
@@ -232,14 +238,22 @@ def test_source_paths_use_brace_notation_only_where_exact():
 FIGURE_NAMES = ("readout", "pretraining", "detection", "per_class", "retrieval", "maps", "clusters")
 
 
-def test_figures_are_valid_pngs_embedded_with_what_to_look_for_and_byte_identical_across_runs(toy_run):
+def test_figures_are_valid_pngs_embedded_with_a_caption_and_byte_identical_across_runs(toy_run):
+    import re
+
+    from localagg.report.markdown import FIGURE_TEXT
+
     report.run(toy_run, out=Path("a"))
     report.run(toy_run, out=Path("b"))
     md = Path("a/results.md").read_text()
     for name in FIGURE_NAMES:
         data = Path(f"a/figures/{name}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and data == Path(f"b/figures/{name}.png").read_bytes(), name
-        assert f"(figures/{name}.png)\n\nLook for " in md, name
+        assert f"(figures/{name}.png)\n\n{FIGURE_TEXT[name][1]}" in md, name
+    # the retrieval and per-class captions give the counts the figures draw, for every model
+    found = re.search(r"Neighbours of the query's class over the queries shown: (.*?)\.", md)
+    assert found and all(re.search(rf"{m} \d+ of \d+", found.group(1)) for m in ("LA", "IR", "random network", "raw pixels"))
+    assert re.search(r"Lowest class per model: (raw pixels|LA): .+? [\d.]+% at (conv\d|pixels)", md)
     assert "detections.png" not in md  # the fixture's detector recorded no boxes: no empty picture
 
 
@@ -495,3 +509,15 @@ def test_a_readout_loss_that_exploded_is_named_beside_the_accuracies(tmp_path, m
     md = Path("reports/results.md").read_text()
     assert "**Diverged readouts**" in md and "ir object set seed 0 conv5: 1.5e+07 (first epoch 1.2)" in md
     assert "conv4: 0.9" not in md  # a loss that fell is not flagged
+
+
+def test_a_metrics_file_no_stage_writes_is_refused_before_the_report_is_written(toy_run):
+    stray = Path("metrics/transfer/la-object-seed0.json")  # the layout before cells held every seed
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_text('{"top1": 77.15}\n')
+    with pytest.raises(UserError, match=r"1 file\(s\) under metrics/ or records/ are written by no stage.*"
+                                        r"metrics/transfer/la-object-seed0.json.*git rm"):
+        report.run(toy_run, out=Path("strays"))
+    assert not Path("strays").exists()
+    stray.unlink()
+    report.run(toy_run, out=Path("strays"))

@@ -234,7 +234,7 @@ def test_check_lists_what_slurm_would_refuse_for_each_stage(cluster, tmp_path):
     proc = subprocess.run([str(BIN / "localagg"), "check"], cwd=tmp_path, env=_env(cluster), capture_output=True,
                           text=True)
     assert proc.returncode == 2, proc.stderr
-    assert "2 problem(s) with the SLURM jobs" in proc.stderr
+    assert "2 problem(s)" in proc.stderr
     for stage in ("pretrain_ia", "detection"):
         assert f"SLURM refuses the job for {stage}: invalid partition specified: nope" in proc.stderr, proc.stderr
     params["launcher"]["slurm"]["partition"] = None

@@ -10,7 +10,7 @@ import math
 import re
 
 from .comparability import set_name
-from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, paper_value
+from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, RECIPE, paper_value
 from .results import (BASELINE_ORDER, KNN_LAYERS, LAYERS, MODELS, NAMES, PIXELS, ROLES, Cell, Record, RunMetrics,
                       Stat, best_layer)
 
@@ -276,12 +276,18 @@ def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> s
         row = [model, str(cells[0].stat.n)] + [fmt(c.stat) for c in cells]
         rows.append(row + ([_paper(cells[0].paper)] if comparable else []))
     header = ["model", "seeds", "AP50", "AP", "AP75"] + (["paper AP50"] if comparable else [])
-    train, test = set_name(protocol.get("train_sets")), set_name(protocol.get("test_sets"))
-    sets = (f"Trained on {train} ({protocol.get('train_images', 0):,} images), tested on {test} "
-            f"({protocol.get('test_images', 0):,} images), {protocol.get('max_iter', 0):,} iterations of "
-            f"{protocol.get('ims_per_batch', 0)} images. The paper fine-tuned on {set_name(DETECTION_SETS['train'])} "
-            f"only; the community protocol (MoCo, VISSL) trains on VOC07+12 trainval, and the two are never "
-            f"subtracted from each other.")
+    split_of = (lambda sets: set_name(sets)) if name in ("voc07", "voc") else (
+        lambda sets: f"the {' + '.join(p[1] for p in sets or ())} split of `{name}`")
+    sets = (f"Trained on {split_of(protocol.get('train_sets'))} ({protocol.get('train_images', 0):,} images), tested on "
+            f"{split_of(protocol.get('test_sets'))} ({protocol.get('test_images', 0):,} images), "
+            f"{protocol.get('max_iter', 0):,} iterations of {protocol.get('ims_per_batch', 0)} images. The paper "
+            f"fine-tuned on {set_name(DETECTION_SETS['train'])} only; the community protocol (MoCo, VISSL) trains on "
+            f"VOC07+12 trainval, and the two are never subtracted from each other.")
+    recipe_iters = RECIPE["detection.max_iter"][0]
+    if not comparable and protocol.get("max_iter", 0) < recipe_iters / 10:
+        sets += (f" At {protocol.get('max_iter', 0):,} iterations ({recipe_iters:,} in the recipe) on "
+                 f"{protocol.get('train_images', 0):,} images, this run shows that the stage runs end to end, not which "
+                 "backbone detects better.")
     return (f"## Detection on `{name}` (Faster R-CNN C4, {arch} backbone)\n\n{sets}\n\n" + table(header, rows)
             + "\n\n" + source_line(sources))
 
@@ -371,27 +377,31 @@ FIGURE_TEXT = {
                 "Look for where each model's curve peaks and how far it stands above the raw pixels (dotted) "
                 "and the random network (grey)."),
     "pretraining": ("Pretraining curves",
-                    "Look for IR's first epochs, where kNN drops below the untrained network (epoch 0) before it "
-                    "climbs, and for LA continuing from IR's last epoch; each loss has its own axis."),
+                    "Loss and kNN top-1 per epoch of each training (epoch 0: the untrained network's kNN); LA continues "
+                    "from IR's last epoch; each loss has its own axis."),
     "per_class": ("Readout top-1 per class",
-                  "Look for the classes the self-supervised features confuse that labels separate (the supervised row)."),
+                  "Each row: one model's readout at its best layer, top-1 per class (mean over the readout seeds)."),
     "retrieval": ("Nearest neighbours of fixed queries",
-                  "Look for rows whose neighbours keep the query's class (green) under LA and lose it under raw "
-                  "pixels and the random network."),
+                  "Each row: a validation query and its nearest training images under one model (green border: "
+                  "the query's class; red: another)."),
     "maps": ("t-SNE maps of the embeddings",
-             "Look for classes that form their own islands under LA and IR and mix under raw pixels and the random "
-             "network."),
+             "Each panel: one model's validation embeddings, coloured by class (t-SNE keeps neighbourhoods, not "
+             "distances between groups)."),
     "clusters": ("LA's clusters",
                  "Look for what a pure cluster gathers (one class across positions and sizes) and what an impure "
                  "one confuses."),
-    "detection": ("Detection AP per model", "Look for the gap between the pretrained backbones and the random one."),
+    "detection": ("Detection AP per model", "AP50, AP and AP75 of each backbone's detector (error bars: sample std over "
+                                            "seeds, where there are several)."),
     "detections": ("Detections on test images",
                    "Look for boxes that find the dashed objects, and for the class names on them."),
 }
 
 
-def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell]) -> str:
-    """The figures (paths relative to results.md), each with what to look for and its sources."""
+def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell], facts: dict[str, str] | None = None) -> str:
+    """The figures (paths relative to results.md), each with what it shows, what its numbers are
+    in this run (`facts`: a sentence per figure, computed from the data drawn) and its sources."""
+    facts = dict(facts or {})
+    facts.setdefault("detection", detection_facts(ix))
     transfer = [p for c in ix.values() if c.task == "linear" and c.metric.startswith("top1") for p in c.sources]
     detect = [p for c in ix.values() if c.task == "detection" for p in c.sources]
     sources = {
@@ -405,8 +415,38 @@ def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell]) -> str:
     parts = ["## Figures"]
     for name, (title, look) in FIGURE_TEXT.items():
         if name in figs:
-            parts.append(f"### {title}\n\n![{title}]({figs[name]})\n\n{look} " + source_line(sources[name]))
+            fact = f"{facts[name]} " if facts.get(name) else ""
+            parts.append(f"### {title}\n\n![{title}]({figs[name]})\n\n{look} {fact}" + source_line(sources[name]))
     return "\n\n".join(parts)
+
+
+def detection_facts(ix: dict[tuple, Cell]) -> str:
+    """'AP50 in this run: LA 2.80, IR 4.08, ... (1 seed each).' from the detection cells."""
+    found = [(model, ix.get((model, "detection", "detection", "", "AP50"))) for model in MODELS]
+    found = [(model, c) for model, c in found if c is not None and c.stat.n]
+    if not found:
+        return ""
+    seeds = sorted({c.stat.n for _, c in found})
+    return ("AP50 in this run: " + ", ".join(f"{NAMES[model]} {c.stat.mean:.2f}" for model, c in found)
+            + f" ({' or '.join(map(str, seeds))} seed(s) each).")
+
+
+def retrieval_facts(counts: dict[str, tuple[int, int]]) -> str:
+    """'Neighbours of the query's class over the queries shown: LA 13 of 32, ...' from the figure's counts."""
+    if not counts:
+        return ""
+    return ("Neighbours of the query's class over the queries shown: "
+            + ", ".join(f"{NAMES[model]} {same} of {total}" for model, (same, total) in counts.items()) + ".")
+
+
+def per_class_facts(per_class: dict[str, tuple[str, list[float]]], classes) -> str:
+    """'Lowest class per model: LA: shirt 41.0% at conv5; ...' from the figure's values."""
+    parts = []
+    for model, (layer, values) in per_class.items():
+        if values:
+            i = min(range(len(values)), key=values.__getitem__)
+            parts.append(f"{NAMES[model]}: {classes[i] if classes and i < len(classes) else i} {values[i]:.1f}% at {layer}")
+    return ("Lowest class per model: " + "; ".join(parts) + ".") if parts else ""
 
 
 def sources(m: RunMetrics) -> str:
@@ -414,12 +454,12 @@ def sources(m: RunMetrics) -> str:
     return "## Sources\n\nEvery number above comes from these files:\n\n" + "\n".join(lines)
 
 
-def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str]) -> str:
+def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str], facts: dict[str, str] | None = None) -> str:
     """The whole results.md. `figs` maps readout, pretraining, detection to paths relative to it."""
     ix = {c.key: c for c in cells}
     idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
     parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), HOW_TO_READ,
              headline(ix), baselines(cells, ix, idents), why_not(ix), readout(ix, idents, m), knn(ix, idents, m),
-             detection(ix, idents["detection"], m), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix),
+             detection(ix, idents["detection"], m), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix, facts),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"
