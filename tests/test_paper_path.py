@@ -209,7 +209,8 @@ def _csv(path: Path) -> list[dict]:
 def test_datasets_moved_elsewhere_rerun_prepare_alone_and_a_changed_file_is_named(paper_run):
     """ImageNet, Places205 and VOC moved (as onto a node's local NVMe) and their roots changed in
     params: `prepare` reruns and writes the same bytes; no training or evaluation reruns (the
-    report does: it lists prepare's record, whose timings changed). Then an image
+    report may: it reads prepare's record, whose timings usually change, to 0.01 s and 0.1 MB,
+    but not always). Then an image
     that differs from what `prepare` read stops a stage at its start, naming the file."""
     repo, _ = paper_run
     prepared = {p.relative_to(repo): p.read_bytes() for p in (repo / "data/prepared").rglob("*") if p.is_file()}
@@ -221,7 +222,7 @@ def test_datasets_moved_elsewhere_rerun_prepare_alone_and_a_changed_file_is_name
     for role, name in (("object", "imagenet"), ("transfer", "places205"), ("detection", "VOCdevkit")):
         p["prepare"][role]["root"] = str(moved / name)
     params.write_text(yaml.safe_dump(p, sort_keys=False))
-    assert _ran(_run([str(BIN / "dvc"), "repro"], repo)) == {"prepare", "report"}
+    assert _ran(_run([str(BIN / "dvc"), "repro"], repo)) - {"report"} == {"prepare"}
     assert _stale(repo) == set()
     assert {p.relative_to(repo): p.read_bytes() for p in (repo / "data/prepared").rglob("*") if p.is_file()} == prepared
 
