@@ -168,8 +168,7 @@ def run_as_job(stage: str, argv: list[str], nproc: int, per_node_workers: bool, 
 
     from .guard import HELD_ENV, note_job
 
-    if stage == "prepare":  # one process, no GPU: the decode check uses the task's cores
-        slurm = slurm.model_copy(update={"nodes": 1, "gpus_per_node": 0})
+    slurm = request_for(stage, slurm)
     opts = check_request(stage, nproc, per_node_workers, slurm, key)
     folder = Path(slurm.log_dir) / opts["job_name"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,6 +266,12 @@ def _outcome(stage: str, job_id: str, final: dict, folder: Path, slurm: SlurmPar
     return 1
 
 
+def request_for(stage: str, slurm: SlurmParams) -> SlurmParams:
+    """The stage's request: `prepare` is one process without a GPU (its decode check uses the
+    task's cores), whatever nodes and GPUs the training stages ask for."""
+    return slurm.model_copy(update={"nodes": 1, "gpus_per_node": 0}) if stage == "prepare" else slurm
+
+
 def stage_processes(stage: str, sections: dict) -> tuple[int, str, bool]:
     """(processes, the key that sets them, workers started per node) of a stage's job."""
     if stage == "prepare":
@@ -286,12 +291,9 @@ def check_problems(sections: dict) -> tuple[list[str], str | None]:
         return [], "launcher.kind is slurm, but SLURM's commands are not on PATH here: the job requests were not checked"
     problems: list[str] = []
     for stage in launcher.stages:
-        slurm = launcher.slurm
-        if stage == "prepare":
-            slurm = slurm.model_copy(update={"nodes": 1, "gpus_per_node": 0})
         nproc, key, per_node = stage_processes(stage, sections)
         try:
-            check_request(stage, nproc, per_node, slurm, key)
+            check_request(stage, nproc, per_node, request_for(stage, launcher.slurm), key)
         except UserError as err:
             problems.append(str(err))
     return problems, None
