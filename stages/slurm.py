@@ -255,7 +255,14 @@ def _outcome(stage: str, job_id: str, final: dict, folder: Path, slurm: SlurmPar
     from localagg.runtime.signals import stopped_by
 
     logs = f"{folder}/{job_id}_*_log.*"
-    if stopped_by(code) or final["state"] in ("TIMEOUT", "PREEMPTED"):
+    if status.get("requeued") and final.get("restarts", 0) > status.get("attempt", final.get("restarts", 0)):
+        # task 0 asked for this requeue; the attempt SLURM ran after it wrote nothing: it never
+        # started (slurmd refused it) or died before its stage could end
+        print(f"error: {stage}: SLURM requeued job {job_id} ({final.get('restarts')} requeue(s)), but the attempt after "
+              f"it ended {final['state']} (reason {final.get('reason') or 'none given'}) before its stage ran to an end: "
+              f"SLURM may have refused to start it (see the controller's slurmctld log) or it was killed. Its checkpoint "
+              f"is saved. Run `dvc repro` again to continue from it. Logs: {logs}", file=sys.stderr, flush=True)
+    elif stopped_by(code) or final["state"] in ("TIMEOUT", "PREEMPTED"):
         print(f"error: {stage}: SLURM job {job_id} stopped ({final['state']}, exit {code if code is not None else final.get('exit_code')}) "
               f"after {final.get('restarts', 0)} requeue(s) (launcher.slurm.max_requeues = {slurm.max_requeues}); its "
               f"checkpoint is saved. Run `dvc repro` again to continue from it, or raise launcher.slurm.time_min or "

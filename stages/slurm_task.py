@@ -76,30 +76,48 @@ class StageTask:
         for sig in STOP_SIGNALS:
             signal.signal(sig, forward)
         code = child.wait()
-        requeued = False
-        if stopped_by(code) == signal.SIGUSR2 and job.global_rank == 0:
-            requeued = self.requeue(job)
         if job.global_rank == 0:
-            write_status(Path(self.folder) / f"{job.job_id}_status.json", code, requeued)
+            status = Path(self.folder) / f"{job.job_id}_status.json"
+            attempt = restarts_so_far()
+            if stopped_by(code) == signal.SIGUSR2 and attempt < self.max_requeues:
+                # written first: `scontrol requeue` ends this step, and the waiting stage must
+                # know that the ended state it may see next is a requeue in flight
+                write_status(status, code, True, attempt)
+                if not self.requeue(job, attempt):
+                    write_status(status, code, False, attempt)
+            else:
+                if stopped_by(code) == signal.SIGUSR2:
+                    self.say_out_of_requeues(job, attempt)
+                write_status(status, code, False, attempt)
         if code:
             raise SystemExit(code)  # submitit records the failure; SLURM sees the task's status
         return 0
 
-    def requeue(self, job) -> bool:
-        done = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        if done >= self.max_requeues:
-            print(f"error: SLURM job {job.job_id} reached its time limit or was preempted after {done} requeue(s), "
-                  f"launcher.slurm.max_requeues = {self.max_requeues}; its checkpoint is saved. Run `dvc repro` again "
-                  "to continue from it (or raise launcher.slurm.max_requeues or time_min).", file=sys.stderr, flush=True)
-            return False
+    def say_out_of_requeues(self, job, done: int) -> None:
+        print(f"error: SLURM job {job.job_id} reached its time limit or was preempted after {done} requeue(s), "
+              f"launcher.slurm.max_requeues = {self.max_requeues}; its checkpoint is saved. Run `dvc repro` again "
+              "to continue from it (or raise launcher.slurm.max_requeues or time_min).", file=sys.stderr, flush=True)
+
+    def requeue(self, job, done: int) -> bool:
         print(f"localagg: requeueing SLURM job {job.job_id} (requeue {done + 1} of at most {self.max_requeues}); "
               "it resumes from the checkpoint just saved", file=sys.stderr, flush=True)
-        subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True, timeout=60)
-        return True
+        proc = subprocess.run(["scontrol", "requeue", str(job.job_id)], capture_output=True, text=True, timeout=60)
+        if proc.returncode:
+            print(f"error: `scontrol requeue {job.job_id}` failed: {proc.stderr.strip()}; its checkpoint is saved. "
+                  "Run `dvc repro` again to continue from it.", file=sys.stderr, flush=True)
+        return proc.returncode == 0
 
 
-def write_status(path: Path, code: int, requeued: bool) -> None:
-    """How task 0's stage ended (the waiting stage reads it when SLURM has forgotten the job)."""
+def restarts_so_far() -> int:
+    """How many times SLURM has requeued this job before the attempt now running."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def write_status(path: Path, code: int, requeued: bool, attempt: int) -> None:
+    """How task 0's attempt `attempt` (0 = the first run, k = after k requeues) ended, and
+    whether it asked SLURM to requeue the job. The waiting stage reads it: an ended state of
+    the job while a requeue is in flight is not the job's end, and once SLURM has forgotten
+    the job this is all that is left of how it ended."""
     from localagg.io import write_json
 
-    write_json(path, {"code": code, "requeued": requeued})
+    write_json(path, {"code": code, "requeued": requeued, "attempt": attempt})

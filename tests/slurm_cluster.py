@@ -68,6 +68,7 @@ class OneHostCluster:
         self.conf = self.root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._pidfiles: list[Path] = []
+        self._held_since: dict[str, float] = {}  # requeued job -> when release_requeued first saw it held
         self.ports = _free_ports(2)
 
     def _write_conf(self) -> None:
@@ -145,16 +146,27 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
                 time.sleep(0.05)
         self._pidfiles.clear()
 
-    def release_requeued(self) -> None:
-        """Start requeued jobs now: SLURM holds a requeued job back (BeginTime) for a minute or
-        two, which a cluster can afford and a test cannot."""
+    def release_requeued(self, after_s: float = 2.0) -> None:
+        """Start requeued jobs soon: SLURM holds a requeued job back (BeginTime) for a minute or
+        two, which a cluster can afford and a test cannot. Not at once: slurmd refuses a job
+        whose credential was made in the second its old one was revoked (slurmctld.log:
+        "Killing non-startable batch JobId=N: Job credential revoked", the job ends FAILED), so
+        a job is released only once it has waited `after_s` seconds."""
         out = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i %r"], env=self.env, capture_output=True,
                              text=True).stdout
+        now, waiting = time.monotonic(), set()
         for line in out.splitlines():
             job, _, reason = line.partition(" ")
-            if reason.strip() == "BeginTime":
+            if reason.strip() != "BeginTime":
+                continue
+            waiting.add(job)
+            first = self._held_since.setdefault(job, now)
+            if now - first >= after_s:
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=self.env,
                                capture_output=True)
+                del self._held_since[job]
+        for job in set(self._held_since) - waiting:
+            del self._held_since[job]
 
     def cancel_all(self) -> None:
         subprocess.run(["scancel", "--full", "-u", "root"], env=self.env, capture_output=True)
