@@ -204,3 +204,24 @@ def test_the_import_command_says_what_it_found_and_writes_a_model_the_evaluation
     wrong = subprocess.run([*cmd[:-1], "resnet50"], cwd=tmp_path, capture_output=True, text=True)
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "the file's trunk is a resnet18, not a resnet50" in wrong.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"<html><body>404 Not Found</body></html>\n", "half"],
+                         ids=["empty", "an-html-page-saved-as-pt", "cut-in-half"])
+def test_a_file_that_is_no_checkpoint_is_not_called_a_security_refusal(tmp_path, content):
+    """A failed download or an interrupted copy says so, with the file's size; only a pickle that
+    names a class outside the allow-list is 'could run code'."""
+    from localagg.runtime import checkpoint
+
+    path = tmp_path / "model.pt"
+    if content == "half":
+        torch.save({"model": torch.zeros(256)}, path)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path, "pretrained model")
+    assert f"is truncated or not a torch checkpoint ({len(content):,} bytes;" in str(err.value)
+    assert "could run code" not in str(err.value) and "weights_only" not in str(err.value)
+    with pytest.raises(UserError, match="cannot be read as a torch checkpoint") as err:
+        read_untrusted(path)
+    assert "weights_only" not in str(err.value)

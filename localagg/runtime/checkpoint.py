@@ -51,6 +51,29 @@ class CheckpointError(UserError):
         super().__init__(f"{what} {path} {reason}; delete it and rerun the stage that writes it.")
 
 
+REFUSED = ("Unsupported class", "Unsupported global")  # torch's weights-only unpickler, refusing a class
+
+
+def unpickler_detail(exc: BaseException) -> str:
+    """What torch's weights-only unpickler found, without torch's advice to load unsafely:
+    "Unsupported class posix.system" (a refused object), "Unsupported operand 60" (bytes that
+    are not a pickle: an HTML page saved as .pt), "unexpected EOF ..." (a truncated file)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error: "
+    return clip(text[text.index(marker) + len(marker):] if marker in text else text)
+
+
+def clip(text: str, limit: int = 160) -> str:
+    """The first line of `text`, at most `limit` characters, cut at a word."""
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _unreadable(path: Path, detail: str) -> str:
+    return (f"is truncated or not a torch checkpoint ({path.stat().st_size:,} bytes; {detail}): an interrupted copy "
+            "or download, or another kind of file")
+
+
 def load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     """Read a file written by `save` (tensors and plain containers only).
 
@@ -63,12 +86,14 @@ def load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
         raise UserError(f"{what} {path} does not exist: run the stage that writes it first (`dvc repro`).")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise CheckpointError(what, path, "holds objects other than tensors and plain containers and was not "
-                                          f"loaded, since loading it could run code ({first})") from None
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(what, path, f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except pickle.UnpicklingError as exc:  # torch says this for a refused class and for bytes that are no pickle
+        detail = unpickler_detail(exc)
+        if detail.startswith(REFUSED):
+            raise CheckpointError(what, path, f"holds objects other than tensors and plain containers ({detail}) and "
+                                              "was not loaded, since loading it could run code") from None
+        raise CheckpointError(what, path, _unreadable(path, detail)) from None
+    except Exception as exc:  # a truncated zip, an empty file
+        raise CheckpointError(what, path, _unreadable(path, f"{type(exc).__name__}: {clip(str(exc)) or 'no data'}")) from None
     if not isinstance(state, dict):
         raise CheckpointError(what, path, f"holds a {type(state).__name__}, not a localagg checkpoint")
     return state

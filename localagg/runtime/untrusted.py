@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from .checkpoint import REFUSED, clip, unpickler_detail
 
 # the globals a torch checkpoint needs to rebuild tensors (storages are mapped by torch.load itself)
 ALLOWED = {
@@ -119,16 +120,20 @@ def read_untrusted(path: str | Path, what: str = "checkpoint") -> Read:
     data = path.read_bytes()
     try:
         return Read(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
-    except pickle.UnpicklingError:
-        pass  # it names globals other than tensors': read it again, replacing them
+    except pickle.UnpicklingError as exc:
+        detail = unpickler_detail(exc)
+        if not detail.startswith(REFUSED):  # not a pickle at all (an HTML page), or cut short
+            raise UserError(f"{what} {path} cannot be read as a torch checkpoint ({detail}); is it truncated, or "
+                            "another kind of file?") from None
+        # it names globals other than tensors': read it again, replacing them
     except Exception as exc:
         raise UserError(f"{what} {path} cannot be read as a torch checkpoint ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}); is it truncated, or another kind of file?") from None
+                        f"{clip(str(exc)) or 'no data'}); is it truncated, or another kind of file?") from None
     replaced: set[str] = set()
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
                            pickle_module=_restricted_module(replaced))
     except Exception as exc:
         raise UserError(f"{what} {path} cannot be read even with its objects replaced by placeholders "
-                        f"({type(exc).__name__}: {str(exc)[:200]}).") from None
+                        f"({type(exc).__name__}: {clip(str(exc))}).") from None
     return Read(state.state if isinstance(state, Opaque) else state, sorted(replaced))
