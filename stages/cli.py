@@ -19,6 +19,8 @@ from localagg.errors import UserError
 from .common import ParamsOption, configure_logging, err_console, stage_run, user_errors
 from .paths import DATASETS, MODELS, TRANSFER_MODELS
 
+MODEL_CHOICES = f"{', '.join(TRANSFER_MODELS)}, or an imported model (an entry of `external`)"
+
 app = typer.Typer(
     name="localagg",
     help="Local Aggregation (ICCV 2019) reproduction pipeline. Each command is one DVC stage; "
@@ -32,8 +34,6 @@ preset_app = typer.Typer(help="List, show and apply params presets (e.g. the pap
                          no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(preset_app, name="preset")
 
-Model = Enum("Model", {name: name for name in MODELS}, type=str)
-TransferModel = Enum("TransferModel", {name: name for name in TRANSFER_MODELS}, type=str)
 Dataset = Enum("Dataset", {name: name for name in DATASETS}, type=str)
 
 
@@ -135,8 +135,8 @@ def random_init(params: Path = ParamsOption) -> None:
 @app.command()
 @user_errors
 def transfer(
-    model: TransferModel = typer.Option(..., "--model", "-m", help="the model to evaluate (pixels: the raw-pixel "
-                                                                  "baseline)"),
+    model: str = typer.Option(..., "--model", "-m", help=f"the model to evaluate: {MODEL_CHOICES} (pixels: the "
+                                                         "raw-pixel baseline)"),
     dataset: Dataset = typer.Option(..., "--dataset", "-d", help="object (ImageNet's role) or transfer (Places205's)"),
     params: Path = ParamsOption,
 ) -> None:
@@ -147,7 +147,7 @@ def transfer(
     from . import transfer as stage
     from .paths import transfer_cell, transfer_metrics_path
 
-    model, dataset = model.value, dataset.value
+    dataset = dataset.value
     with stage_run(f"transfer-{transfer_cell(model, dataset)}", str(transfer_metrics_path(model, dataset))):
         record = stage.run(model, dataset, params)
     if record is None:  # a rank other than 0 of a multi-process cell: rank 0 reports
@@ -160,7 +160,8 @@ def transfer(
 @app.command()
 @user_errors
 def detection(
-    model: Model = typer.Option(..., "--model", "-m", help="the model whose backbone is fine-tuned"),
+    model: str = typer.Option(..., "--model", "-m", help=f"the model whose backbone is fine-tuned: {', '.join(MODELS)}, "
+                                                         "or an imported model (an entry of `external`)"),
     seed: int = typer.Option(0, "--seed", "-s", min=0, help="fine-tuning seed (one of detection.seeds)"),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="continue from checkpoints/detection/<model>-seed<s> when it belongs to this cell"),
@@ -172,8 +173,6 @@ def detection(
     """
     from . import detection as stage
     from .paths import detection_cell
-
-    model = model.value
 
     cell = detection_cell(model, seed)
     with stage_run(f"detection-{cell}", f"checkpoints/detection/{cell} and its metrics"):
@@ -239,6 +238,24 @@ def import_model(
     err_console.print(f"wrote {info['out']}")
 
 
+@app.command("import-entry")
+@user_errors
+def import_entry(
+    name: str = typer.Argument(..., help="the entry of the `external` params section"),
+    params: Path = ParamsOption,
+) -> None:
+    """The checkpoint of `external.<name>` as models/<name>.pt (stage `import@<name>`), with
+    `model`'s architecture; records/import/<name>.json says what was found. Its transfer and
+    detection cells (transfer_external@<name>-..., detection_external@<name>-...) then read it.
+    """
+    from .imports import record_of, run_entry
+
+    with stage_run(f"import-{name}", f"models/{name}.pt and {record_of(name)}"):
+        info = run_entry(name, params)
+    err_console.print(f"import {name}: {info['format']} format, {info['trunk_tensors']} trunk tensors; "
+                      f"{info['embedding']}; wrote {info['out']}")
+
+
 @app.command()
 @user_errors
 def check(params: Path = ParamsOption) -> None:
@@ -254,6 +271,9 @@ def check(params: Path = ParamsOption) -> None:
         check_inputs(sections["prepare"])  # the dataset roots exist (their layout: `localagg prepare`)
     except UserError as err:
         problems.append(str(err))
+    from .imports import check_entries
+
+    problems += check_entries(sections)  # the `external` checkpoints exist and fit `model`
     slurm, note = check_problems(sections)  # with launcher.kind: slurm, what sbatch --test-only says
     problems += slurm
     if problems:

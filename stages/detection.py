@@ -35,7 +35,8 @@ from .common import DvcLiveLogger, err_console, measure_cost, write_results
 from .launch import dispatch
 from .params import load_section
 from .roots import use_dataset_roots
-from .paths import DETECTION_MANIFEST, MODELS, STAGE_OF_MODEL, detection_cell, detection_metrics_path, model_path
+from .paths import (DETECTION_MANIFEST, check_model, detection_cell, detection_metrics_path, detection_stage, model_path,
+                    stage_of)
 
 DATASET_PREFIX = "localagg_detection"  # Detectron2 catalog names: <prefix>_<year>_<split>
 IDENTITY = "identity.json"
@@ -53,13 +54,12 @@ def dataset_name(manifest: dict) -> str:
 
 
 def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
-    if model not in MODELS:
-        raise UserError(f"unknown model {model!r}; expected one of: {', '.join(MODELS)}.")
+    check_model(model, params, pixels=False)
     aug = load_section(params, "augment")
     det_cfg = load_section(params, "detection").for_seed(seed)
     ckpt = model_path(model)
     if not ckpt.is_file():
-        raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
+        raise UserError(f"{ckpt} does not exist: run `dvc repro {stage_of(model)}` first.")
     from localagg.data.voc import read_voc_manifest
 
     use_dataset_roots(params)
@@ -68,7 +68,7 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
     if det_cfg.device == "cuda":
         _check_gpus(det_cfg.num_gpus // machines["num_machines"])
     dispatch("detection", ["detection", "--model", model, "--seed", str(seed), *([] if resume else ["--no-resume"])],
-             params, det_cfg.num_gpus, "detection.num_gpus", per_node_workers=True, cell=f"detection@{model}-{seed}")
+             params, det_cfg.num_gpus, "detection.num_gpus", per_node_workers=True, cell=detection_stage(model, seed))
 
     import localagg.detection as det
     from localagg.detection.train import CHECKPOINT, EXAMPLES, checkpoint_progress

@@ -6,12 +6,18 @@ says where it came from: the source path and SHA-256, the format, how many trunk
 mapped, what the embedding is (the file's linear head, or the pooled conv5 feature), what was
 dropped and which pickled classes were replaced by placeholders. The evaluations read it like
 any trained model.
+
+`run_entry` is the DVC stage `import@<name>` of each entry of the `external` params section:
+the same conversion into models/<name>.pt, with the `model` section's architecture, and
+records/import/<name>.json (what was found, and the entry's method, epochs, notes and published
+numbers, which the report prints beside this run's).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from localagg.errors import UserError
 from localagg.io import file_sha256
 
 
@@ -32,3 +38,57 @@ def import_checkpoint(path: Path, arch: str, stem: str = "imagenet", embedding_d
             "replaced_classes": read.opaque, **done.model.meta(), "epochs_done": None}
     save_export(out, done.model.float(), "imported", provenance=[info])
     return {**info, "out": str(out)}
+
+
+def record_of(name: str) -> Path:
+    """records/import/<name>.json: what `import@<name>` found and the entry's own words."""
+    return Path("records") / "import" / f"{name}.json"
+
+
+def run_entry(name: str, params: Path) -> dict:
+    """The stage `import@<name>`: the `external.<name>` checkpoint as models/<name>.pt."""
+    from localagg.io import write_json
+
+    from .common import measure_cost, run_environment
+    from .params import load_section
+
+    external = load_section(params, "external")
+    if name not in external.root:
+        listed = ", ".join(external.names()) or "none"
+        raise UserError(f"{params}: external has no entry {name!r} (entries: {listed}); add it under `external:`.")
+    entry = external.root[name]
+    model_cfg = load_section(params, "model")
+    problems = entry_problems(name, entry, model_cfg)
+    if problems:
+        raise UserError(f"{params}: {problems[0]}.")
+    source = Path(entry.path).expanduser()
+    with measure_cost() as cost:
+        info = import_checkpoint(source, model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim, entry.format,
+                                 out=Path("models") / f"{name}.pt", name=name)
+    record = {**info, "model": name, "entry": entry.model_dump(mode="json"), "cost": cost,
+              "environment": run_environment()}
+    write_json(record_of(name), record)
+    return record
+
+
+def entry_problems(name: str, entry, model_cfg) -> list[str]:
+    """What stops `import@<name>` before it reads the file: a path that is no file, an arch
+    that is not the run's `model.arch` (every model of a run is evaluated with one `model`)."""
+    out = []
+    if entry.arch is not None and entry.arch != model_cfg.arch:
+        out.append(f"external.{name}.arch is {entry.arch}, but the evaluations read model.arch = {model_cfg.arch}: "
+                   f"every model of a run is evaluated with one `model` section. Evaluate it in a run with "
+                   f"model.arch: {entry.arch} (e.g. `dvc exp run -S model.arch={entry.arch}`), or remove the entry's arch")
+    source = Path(entry.path).expanduser()
+    if not source.is_file():
+        out.append(f"external.{name}.path {entry.path} is not a file"
+                   f"{' (a relative path starts at the repository)' if not source.is_absolute() else ''}")
+    return out
+
+
+def check_entries(sections: dict) -> list[str]:
+    """For `localagg check`: every entry's problems (entry_problems)."""
+    external, model_cfg = sections.get("external"), sections.get("model")
+    if external is None or model_cfg is None:
+        return []
+    return [p for name, entry in external.root.items() for p in entry_problems(name, entry, model_cfg)]

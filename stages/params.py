@@ -8,11 +8,13 @@ the CLI stops before compute is spent.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Type, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from localagg.data.augment import AugmentSpec
 from localagg.detection.protocol import DetectionConfig
@@ -211,6 +213,66 @@ def check_seed(section: str, seed: int, seeds: list[int]) -> None:
         raise UserError(f"seed {seed} is not in {section}.seeds {seeds}; add it there (the DVC matrix runs one cell per seed).")
 
 
+# --------------------------------------------------------------------------- external
+
+BUILT_IN = ("la", "ir", "random", "supervised", "pixels")  # the pipeline's own models (paths.MODELS, PIXELS)
+CHECKPOINT_FORMATS = ("auto", "localagg", "torchvision", "moco", "npid", "vissl", "mmselfsup", "hub")  # models.foreign
+PUBLISHED_KEYS = {  # what a `published:` number is, as the report reads this run's
+    "object_best_top1": "best layer's linear top-1 on the object set (ImageNet's role)",
+    "object_conv5_top1": "conv5's linear top-1 on the object set",
+    "transfer_best_top1": "best layer's linear top-1 on the transfer set (Places205's role)",
+    "transfer_conv5_top1": "conv5's linear top-1 on the transfer set",
+    "object_knn_top1": "kNN top-1 of the embedding on the object set",
+    "detection_AP50": "detection AP50",
+}
+
+
+class ExternalModel(Section):
+    """A checkpoint trained elsewhere (a published one, or your own method's), evaluated by
+    the same transfer, kNN and detection cells as LA: `import@<name>` converts it into
+    models/<name>.pt (stages/imports.py)."""
+
+    path: str = Field(min_length=1, description="the checkpoint file: absolute, or relative to the repository")
+    format: Literal[CHECKPOINT_FORMATS] = Field("auto", description="its layout (models/foreign.py); auto: from its keys")
+    arch: Optional[str] = Field(None, description="the ResNet it holds; must be model.arch (null: model.arch)")
+    method: Optional[str] = Field(None, description="what trained it, for the report (e.g. MoCo v2)")
+    epochs: Optional[int] = Field(None, ge=0, description="its pretraining epochs, for the report")
+    notes: Optional[str] = Field(None, description="anything else the report should say about it (its source URL)")
+    published: dict[Literal[tuple(PUBLISHED_KEYS)], float] = Field(
+        default_factory=dict, description="its published numbers, by the keys of PUBLISHED_KEYS; the report prints "
+                                          "them beside this run's and subtracts only where the protocol is the paper's")
+
+    @field_validator("published")
+    @classmethod
+    def _percentages(cls, value: dict) -> dict:
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 100.0}
+        if bad:
+            raise ValueError(f"published numbers are percentages in [0, 100], got {bad}")
+        return value
+
+
+class ExternalParams(RootModel[dict[str, ExternalModel]]):
+    """`external`: name -> ExternalModel. A name is the model's name in every stage, file and
+    table (models/<name>.pt, transfer_external@<name>-object, ...)."""
+
+    model_config = ConfigDict(frozen=True)
+    root: dict[str, ExternalModel] = Field(default_factory=dict)
+
+    @field_validator("root")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        for name in value:
+            if name in BUILT_IN:
+                raise ValueError(f"{name!r} is one of the pipeline's own models ({', '.join(BUILT_IN)}); pick another name")
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", name):
+                raise ValueError(f"{name!r} is not a usable name: lowercase letters, digits and _, starting with a "
+                                 "letter (it names files and DVC stages)")
+        return value
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.root)
+
+
 # --------------------------------------------------------------------------- loading
 
 SECTIONS: dict[str, Type[BaseModel]] = {
@@ -224,8 +286,9 @@ SECTIONS: dict[str, Type[BaseModel]] = {
     "transfer": TransferParams,
     "detection": DetectionParams,
     "launcher": LauncherParams,
+    "external": ExternalParams,
 }
-OPTIONAL = {"launcher"}  # a params file without it runs every stage on this machine
+OPTIONAL = {"launcher", "external"}  # without them: every stage runs on this machine; no imported models
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
@@ -264,6 +327,9 @@ def _unknown_section(name: str) -> str:
 def _allowed_keys(model: Type[BaseModel], loc: tuple) -> list[str]:
     """Field names of the sub-model that `loc` (minus its last element) points into."""
     for part in loc[:-1]:
+        if issubclass(model, RootModel):  # external: its keys are names, each an ExternalModel
+            model = ExternalModel
+            continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None) if field else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -299,7 +365,7 @@ def format_validation_error(path: str | Path, section: str, model: Type[BaseMode
 
 def _validate(path: str | Path, data: dict, section: str) -> tuple[Any, list[str]]:
     """(the validated section or None, its problems as dotted-key lines)."""
-    if section not in data and section in OPTIONAL:
+    if section in OPTIONAL and data.get(section) is None:  # absent, or the key alone (`external:`)
         return SECTIONS[section](), []
     if section not in data:
         return None, [f"{section}: section is missing; see params.yaml in the repository for an example"]

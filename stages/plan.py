@@ -136,8 +136,10 @@ def plan(params: Path, machine: Machine) -> tuple[list[Cost], list[str]]:
         costs.append(pretrain_cost(stage, cfg, model_cfg, crop, n, classes["object"], device, machine.gpus, r, basis,
                                    machine.cores))
     costs.append(Cost("random_init", disk_bytes=costs[-1].disk_bytes // 10, basis="no data"))
+    imported = s["external"].names()  # evaluated like LA: their import is seconds
+    costs += [Cost(f"import {name}", basis="one file read") for name in imported]
     t = s["transfer"]
-    for model in TRANSFER_MODELS:
+    for model in (*TRANSFER_MODELS, *imported):
         for role in DATASETS:
             readout = getattr(t, role)
             train, vals = sizes[role] or (0, 0)
@@ -151,7 +153,7 @@ def plan(params: Path, machine: Machine) -> tuple[list[Cost], list[str]]:
     det = s["detection"]
     device = _device(det.device, machine)
     measured = _detection_rate(device, det)
-    for model in MODELS:
+    for model in (*MODELS, *imported):
         for seed in det.seeds:
             costs.append(detection_cost(f"detection {model}-seed{seed}", det, device, machine.gpus, *measured))
     costs.append(Cost("report", basis="no data"))

@@ -38,12 +38,12 @@ from localagg.report.figures import (best_per_class, clusters_figure, detection_
                                      maps_figure, per_class_figure, pretraining_figure, readout_figure,
                                      retrieval_figure)
 from localagg.report.markdown import per_class_facts, render, retrieval_facts
-from localagg.report.results import (BASELINE_ORDER, MODELS, PIXELS, ROLES, TRANSFER_MODELS, Record, RunMetrics, aggregate,
-                                     csv_text)
+from localagg.report.results import (MODELS, PIXELS, ROLES, Record, RunMetrics, aggregate, baseline_order, csv_text)
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
 from .roots import use_dataset_roots
-from .paths import DETECTION_MANIFEST, STAGE_OF_MODEL, detection_metrics_path, record_path, transfer_metrics_path
+from .paths import (DETECTION_MANIFEST, STAGE_OF_MODEL, detection_metrics_path, detection_stage, record_path,
+                    transfer_metrics_path, transfer_stage)
 
 PRETRAIN_STAGES = {m: s for m, s in STAGE_OF_MODEL.items() if m != "random"}  # models with pretraining metrics
 CURVES = ("loss", "knn_top1")
@@ -77,7 +77,8 @@ SWEEP_METRICS = {
 
 
 def read_seeds(params: Path) -> dict[str, list[int]]:
-    """{"transfer": [...], "detection": [...]} from `<section>.seeds` of the params file (plain YAML)."""
+    """{"transfer": [...], "detection": [...]} from `<section>.seeds` of the params file (plain YAML);
+    "imported": the names of its `external` entries (the imported models)."""
     if not params.is_file():
         raise UserError(f"params file {params} does not exist (pass --params PATH, default params.yaml).")
     try:
@@ -92,6 +93,9 @@ def read_seeds(params: Path) -> dict[str, list[int]]:
             raise UserError(f"{params}: {section}.seeds should be a non-empty list of distinct non-negative "
                             f"integers, got {value!r}.")
         seeds[section] = value
+    from .paths import imported_models
+
+    seeds["imported"] = list(imported_models(params))
     return seeds
 
 
@@ -103,23 +107,31 @@ PREPARE_RECORD = record_path(Path("metrics/prepare.json"))
 OBJECT_DIR = Path("data/prepared/object")
 
 
+def _models(seeds: dict) -> tuple[str, ...]:
+    """The networks of the run: the pipeline's own, then the imported ones (`read_seeds`)."""
+    return (*MODELS, *seeds.get("imported", ()))
+
+
 def expected_files(seeds: dict[str, list[int]]) -> list[tuple[Path, str]]:
     """Every file the report reads, with the DVC stage that writes it (`seeds` from `read_seeds`):
     the records (records/..., the full numbers beside each metrics file, curves included)."""
+    from .imports import record_of
+
     files = [(PREPARE_RECORD, "prepare")]
     files += [(pretrain_record(stage), stage) for stage in PRETRAIN_STAGES.values()]
-    files += [(record_path(transfer_metrics_path(m, d)), f"pixels@{d}" if m == PIXELS else f"transfer@{m}-{d}")
-              for d in ROLES for m in TRANSFER_MODELS]
-    files += [(record_path(detection_metrics_path(m, s)), f"detection@{m}-{s}")
-              for m in MODELS for s in seeds["detection"]]
+    files += [(record_of(name), f"import@{name}") for name in seeds.get("imported", ())]
+    files += [(record_path(transfer_metrics_path(m, d)), transfer_stage(m, d))
+              for d in ROLES for m in (*_models(seeds), PIXELS)]
+    files += [(record_path(detection_metrics_path(m, s)), detection_stage(m, s))
+              for m in _models(seeds) for s in seeds["detection"]]
     return files
 
 
 def declared_metrics(seeds: dict[str, list[int]]) -> set[Path]:
     """The metrics files the stages write (each record's counterpart under metrics/)."""
     out = {Path("metrics/prepare.json")} | {Path("metrics") / f"{stage}.json" for stage in PRETRAIN_STAGES.values()}
-    out |= {transfer_metrics_path(m, d) for d in ROLES for m in TRANSFER_MODELS}
-    out |= {detection_metrics_path(m, s) for m in MODELS for s in seeds["detection"]}
+    out |= {transfer_metrics_path(m, d) for d in ROLES for m in (*_models(seeds), PIXELS)}
+    out |= {detection_metrics_path(m, s) for m in _models(seeds) for s in seeds["detection"]}
     return out
 
 
@@ -127,8 +139,10 @@ def refuse_strays(seeds: dict[str, list[int]]) -> None:
     """A JSON file under metrics/ or records/ that no stage writes (an older layout, a removed
     seed, a copy) would show in `dvc metrics show` beside the report's numbers and contradict
     them: one UserError lists every one, before anything is written."""
+    from .imports import record_of
+
     declared = declared_metrics(seeds)
-    declared |= {record_path(p) for p in declared}
+    declared |= {record_path(p) for p in declared} | {record_of(name) for name in seeds.get("imported", ())}
     strays = sorted(str(p) for root in (Path("metrics"), Path("records")) if root.is_dir()
                     for p in root.rglob("*.json") if p not in declared)
     if strays:
@@ -178,13 +192,17 @@ def load(params: Path) -> RunMetrics:
                         f"or `dvc repro` for the whole pipeline.")
     refuse_strays(seeds)
     rec = {path: _record(path, stage) for path, stage in files if path.suffix == ".json"}
+    from .imports import record_of
+
+    models = _models(seeds)
     run = RunMetrics(
         prepare=rec[PREPARE_RECORD],
         pretrain={m: rec[pretrain_record(stage)] for m, stage in PRETRAIN_STAGES.items()},
         transfer={(m, d): per_seed(rec[record_path(transfer_metrics_path(m, d))], seeds["transfer"])
-                  for d in ROLES for m in TRANSFER_MODELS},
-        detection={m: [rec[record_path(detection_metrics_path(m, s))] for s in seeds["detection"]] for m in MODELS},
+                  for d in ROLES for m in (*models, PIXELS)},
+        detection={m: [rec[record_path(detection_metrics_path(m, s))] for s in seeds["detection"]] for m in models},
         curves={m: _curves(rec[pretrain_record(stage)]) for m, stage in PRETRAIN_STAGES.items()},
+        imported={name: rec[record_of(name)] for name in seeds["imported"]},
     )
     check_slots(run, seeds)
     return run
@@ -216,6 +234,8 @@ def check_slots(m: RunMetrics, seeds: dict[str, list[int]]) -> None:
 
     for model, record in m.pretrain.items():
         expect(record, model=model, stage=PRETRAIN_STAGES[model])
+    for model, record in m.imported.items():
+        expect(record, model=model)
     for (model, role), records in m.transfer.items():
         expect(records[0], model=model, dataset=role)
     for model, records in m.detection.items():
@@ -254,8 +274,8 @@ def figure_names(m: RunMetrics) -> list[str]:
 
 def _best_per_class(m: RunMetrics, cells) -> dict:
     """{model: (best layer, mean top-1 per class)} on the object set, from the transfer records."""
-    per_class = {model: {} for model in TRANSFER_MODELS}
-    for model in TRANSFER_MODELS:
+    per_class = {model: {} for model in m.transfer_models}
+    for model in m.transfer_models:
         for r in m.transfer[(model, "object")]:
             for layer, values in (r.get("per_class", optional=True) or {}).items():
                 per_class[model].setdefault(layer, []).append(values)
@@ -269,13 +289,13 @@ def figure_facts(m: RunMetrics, cells) -> dict[str, str]:
     """A sentence of this run's numbers per figure, computed from what the figure draws."""
     obj = ObjectImages(OBJECT_DIR)
     counts = {}
-    for model in TRANSFER_MODELS:
+    for model in m.transfer_models:
         found = _views(m.transfer[(model, "object")][0]).get("retrieval")
         if not found:
             continue
         pairs = [(q, n) for q, ns in zip(found["queries"][:RETRIEVAL_QUERIES], found["neighbours"]) for n in ns]
         counts[model] = (sum(obj.label("train", n) == obj.label("val", q) for q, n in pairs), len(pairs))
-    order = [mdl for mdl in BASELINE_ORDER if mdl in counts]
+    order = [mdl for mdl in baseline_order(m.models) if mdl in counts]
     classes = m.transfer[("la", "object")][0].get("classes")
     return {"retrieval": retrieval_facts({mdl: counts[mdl] for mdl in order}),
             "per_class": per_class_facts(_best_per_class(m, cells), classes)}
@@ -295,7 +315,7 @@ def draw_figures(m: RunMetrics, cells, out: Path) -> list[str]:
     detection_figure(cells, out / FIGURES["detection"])
     classes = m.transfer[("la", "object")][0].get("classes")
     per_class_figure(_best_per_class(m, cells), classes, obj.name, out / FIGURES["per_class"])
-    views = {model: _views(m.transfer[(model, "object")][0]) for model in TRANSFER_MODELS}
+    views = {model: _views(m.transfer[(model, "object")][0]) for model in m.transfer_models}
     retrieval_figure({k: v["retrieval"] for k, v in views.items() if "retrieval" in v}, obj.image, obj.label,
                      out / FIGURES["retrieval"], queries=RETRIEVAL_QUERIES)
     maps_figure({k: v["map"] for k, v in views.items() if "map" in v}, lambda i: obj.label("val", i), classes,

@@ -1,6 +1,7 @@
 """Stage `transfer` (a DVC matrix over model x dataset): per-layer linear readout and kNN.
 
-For model in {la, ir, random, supervised} (models/<model>.pt) or `pixels` (the raw-pixel
+For model in {la, ir, random, supervised} or an imported one (an `external` entry; its
+cells are the matrix transfer_external) (models/<model>.pt), or `pixels` (the raw-pixel
 baseline: the normalised input read out as one layer, no network), dataset in {object,
 transfer} (data/prepared/<dataset>), with the `model`, `augment` and `transfer` sections:
 
@@ -29,7 +30,8 @@ from .launch import dispatch, exit_at_once_if_a_rank_fails
 from .params import load_section
 from .roots import use_dataset_roots
 from .paths import DATASETS as DATASET_NAMES
-from .paths import PIXELS, STAGE_OF_MODEL, TRANSFER_MODELS, model_path, transfer_cell, transfer_metrics_path
+from .paths import (PIXELS, check_model, model_path, stage_of, transfer_cell, transfer_metrics_path,
+                    transfer_stage)
 
 DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
 VIEWS_ROLE = "object"  # retrieval and the embedding map are made on the object set
@@ -56,21 +58,20 @@ def run(model: str, dataset: str, params: Path) -> dict | None:
     from localagg.runtime.checkpoint import load_export
     from localagg.runtime.distributed import init_distributed
 
-    if model not in TRANSFER_MODELS:
-        raise UserError(f"unknown model {model!r}; expected one of: {', '.join(TRANSFER_MODELS)}.")
+    check_model(model, params, pixels=True)
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; expected one of: {', '.join(DATASETS)}.")
     aug = load_section(params, "augment")
     p = load_section(params, "transfer")
     dispatch("transfer", ["transfer", "--model", model, "--dataset", dataset], params, p.num_processes,
-             "transfer.num_processes", cell=f"transfer@{transfer_cell(model, dataset)}")
+             "transfer.num_processes", cell=transfer_stage(model, dataset))
     model_cfg = load_section(params, "model") if model != PIXELS else None  # the baseline reads no `model`
     readout = getattr(p, dataset)
     if model == PIXELS:
         readout = readout.model_copy(update={"layers": [PIXELS]})
     ckpt = model_path(model) if model != PIXELS else None
     if ckpt is not None and not ckpt.is_file():
-        raise UserError(f"{ckpt} does not exist: run `dvc repro {STAGE_OF_MODEL[model]}` first.")
+        raise UserError(f"{ckpt} does not exist: run `dvc repro {stage_of(model)}` first.")
     data_dir = DATASETS[dataset]
     if not (data_dir / "dataset.json").is_file():
         raise UserError(f"{data_dir}/dataset.json does not exist: run `dvc repro prepare` first.")

@@ -92,14 +92,15 @@ def test_transfer_without_its_model_names_the_stage_to_run(tmp_path):
     proc = localagg("transfer", "--model", "la", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     _assert_user_error(proc, "models/la.pt does not exist", "dvc repro pretrain_la")
     proc = localagg("transfer", "--model", "byol", "--dataset", "object", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
-    _assert_user_error(proc, "'byol' is not one of 'la', 'ir', 'random', 'supervised'")
+    _assert_user_error(proc, "unknown model 'byol'; expected one of: la, ir, random, supervised, pixels",
+                       "add it under `external:`")
 
 
 def test_detection_without_its_model_names_the_stage_to_run(tmp_path):
     proc = localagg("detection", "--model", "ir", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
     _assert_user_error(proc, "models/ir.pt does not exist", "dvc repro pretrain_ia")
     proc = localagg("detection", "--model", "moco", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
-    _assert_user_error(proc, "'moco' is not one of")
+    _assert_user_error(proc, "unknown model 'moco'; expected one of: la, ir, random, supervised (a checkpoint")
 
 
 @pytest.mark.parametrize("mutate, fragments", [

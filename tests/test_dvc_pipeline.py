@@ -37,6 +37,31 @@ PIXELS = {"pixels@object", "pixels@transfer"}
 DETECTION = {f"detection@{m}-0" for m in MODELS}
 ALL = {"prepare", "pretrain_ia", "pretrain_la", "supervised", "random_init", "report"} | TRANSFER | PIXELS | DETECTION
 LA_AND_AFTER = {"pretrain_la", "transfer@la-object", "transfer@la-transfer", "detection@la-0", "report"}
+IMPORTED = {"import@mine", "transfer_external@mine-object", "transfer_external@mine-transfer",
+            "detection_external@mine-0"}
+
+
+def _save_in_moco_layout(export: Path, out: Path) -> None:
+    """A localagg export as MoCo v1's main_moco.py saves its checkpoints: the query encoder
+    under module.encoder_q. (the 128-d fc is the embedding), a key encoder and a queue beside it."""
+    import torch
+
+    state = torch.load(export, map_location="cpu", weights_only=True)["model"]
+    q = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+    q.update({"fc.weight": state["head.weight"], "fc.bias": state["head.bias"]})
+    sd = {f"module.encoder_q.{k}": v for k, v in q.items()}
+    sd.update({f"module.encoder_k.{k}": v.clone() for k, v in q.items()})
+    sd.update({"module.queue": torch.randn(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": sd, "optimizer": {}}, out)
+
+
+def _csv_rows(path: Path) -> dict[tuple, str]:
+    """results.csv as {(model, task, dataset, layer, metric): value}."""
+    import csv
+
+    with open(path) as f:
+        return {(r["model"], r["task"], r["dataset"], r["layer"], r["metric"]): r["value"] for r in csv.DictReader(f)}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -123,6 +148,23 @@ def test_repro_then_nothing_then_only_affected_stages(repo_copy):
         (repo_copy / "params.yaml").write_text(params)
     assert _stale(repo_copy) == set()
 
+    # a checkpoint trained elsewhere, outside the repository: LA's own model re-saved in MoCo v1's
+    # layout and added under `external`. Only its import, its cells and the report run; it reads
+    # LA's numbers in every table, and its published number is set beside this run's
+    moco = repo_copy.parent / "elsewhere" / "checkpoint_0199.pth.tar"
+    _save_in_moco_layout(repo_copy / "models/la.pt", moco)
+    _set_params(repo_copy, {"external": {"mine": {"path": str(moco), "method": "LA re-saved by MoCo", "epochs": 1,
+                                                  "published": {"object_best_top1": 12.5}}}})
+    assert _stale(repo_copy) == IMPORTED | {"report"}
+    assert _ran(_run([dvc, "repro"], repo_copy)) == IMPORTED | {"report"}
+    rows = _csv_rows(repo_copy / "reports/results.csv")
+    la = {k[1:]: v for k, v in rows.items() if k[0] == "la"}
+    assert la and {k[1:]: v for k, v in rows.items() if k[0] == "mine"} == la
+    text = (repo_copy / "reports/results.md").read_text()
+    assert "## Imported models" in text and "| `mine` | LA re-saved by MoCo | 1 | moco |" in text
+    assert "| `mine` | object_best_top1 | 12.50 |" in text and "not comparable: readout on fashion_mnist" in text
+    assert _ran(_run([dvc, "repro"], repo_copy)) == set()
+
     # a queued sweep of an LA param: each experiment runs in a fresh checkout (no persistent
     # checkpoints, no bytecode caches) and reruns only LA, its evaluations and the report
     _commit(repo_copy, "results")
@@ -135,7 +177,7 @@ def test_repro_then_nothing_then_only_affected_stages(repo_copy):
     # are stale after it
     _set_params(repo_copy, {"prepare": {"detection": {"num_test": 3}}})
     assert _ran(_run([dvc, "repro", "prepare"], repo_copy)) == {"prepare"}
-    assert _stale(repo_copy) == DETECTION | {"report"}
+    assert _stale(repo_copy) == DETECTION | {"detection_external@mine-0", "report"}
 
     # the object set changes: the pretraining chain reruns
     _set_params(repo_copy, {"prepare": {"object": {"num_train": 192}}})

@@ -521,3 +521,61 @@ def test_a_metrics_file_no_stage_writes_is_refused_before_the_report_is_written(
     assert not Path("strays").exists()
     stray.unlink()
     report.run(toy_run, out=Path("strays"))
+
+
+def _import(root: Path, params: Path, name: str = "mine", published: dict | None = None) -> None:
+    """An imported model `name` whose cells hold LA's numbers (the LA model re-saved elsewhere):
+    its `external` entry, its import record and LA's transfer and detection records as its own."""
+    data = yaml.safe_load(params.read_text())
+    entry = {"path": "/elsewhere/checkpoint.pth.tar", "method": "MoCo v2", "epochs": 800,
+             "published": published or {}}
+    params.write_text(yaml.safe_dump({**data, "external": {name: entry}}))
+    dump(root / f"records/import/{name}.json", {
+        "model": name, "name": name, "objective": "imported", "source": entry["path"], "source_sha256": "ab" * 32,
+        "format": "moco", "trunk_tensors": 120, "embedding": "the file's linear head (128 x 2048) is the embedding",
+        "entry": {**entry, "format": "auto", "arch": None, "notes": None}})
+    for path in [*root.glob("records/transfer/la-*.json"), *root.glob("records/detection/la-*.json")]:
+        data = json.loads(path.read_text())
+        dump(path.with_name(path.name.replace("la-", f"{name}-", 1)),
+             {**data, "model": name, "provenance": [{"objective": "imported", "arch": data["arch"]}]})
+
+
+def test_an_imported_model_is_a_column_beside_la_with_its_own_section(toy_run, tmp_path):
+    _import(tmp_path, toy_run, published={"object_conv5_top1": 57.0})
+    report.run(toy_run, out=Path("reports"))
+    rows = rows_by_key(Path("reports/results.csv"))
+    la = {k[1:]: r["value"] for k, r in rows.items() if k[0] == "la"}
+    assert la and {k[1:]: r["value"] for k, r in rows.items() if k[0] == "mine"} == la
+    md = Path("reports/results.md").read_text()
+    assert "| dataset | features | raw pixels | la | ir | random | supervised | mine |" in md
+    assert "| dataset | measure | raw pixels | random network | IR | LA | mine | supervised |" in md
+    assert "| `mine` | MoCo v2 | 800 | moco | `checkpoint.pth.tar` (sha256 abababababab) |" in md
+    # seeds 0 and 1 of conv5: 58 and 59; the toy run's readout is not the paper's: no difference
+    assert ("| `mine` | object_conv5_top1 | 57.00 | 58.50 ± 0.71 (n=2) | not comparable: readout on fashion_mnist "
+            "instead of imagenet") in md
+    assert "`records/import/mine.json` (stage `import@mine`)" in md and "(stage `detection_external@mine-0`)" in md
+
+
+def test_a_published_number_is_subtracted_under_the_papers_protocol_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=("imagenet", "places205", "voc07"), arch="resnet50", transfer_seeds=(0,),
+                       paper_protocol=True)
+    _import(tmp_path, params, published={"object_conv5_top1": 57.0, "object_knn_top1": 50.0, "detection_AP50": 61.5})
+    report.run(params, out=Path("reports"))
+    md = Path("reports/results.md").read_text()
+    assert "| `mine` | object_conv5_top1 | 57.00 | 58.00 | +1.00 |" in md  # la's conv5 seed 0: 50 + 8
+    assert "| `mine` | object_knn_top1 | 50.00 | 53.00 | +3.00 |" in md
+    assert "| `mine` | detection_AP50 | 61.50 | 60.00 | -1.50 |" in md
+    # the paper's own numbers stay LA's and IR's: the imported model has no "paper" cell
+    assert not [r for k, r in rows_by_key(Path("reports/results.csv")).items() if k[0] == "mine" and r["paper"]]
+
+
+def test_an_imported_models_missing_records_name_its_stages(toy_run, tmp_path):
+    _import(tmp_path, toy_run)
+    Path("records/import/mine.json").unlink()
+    Path("records/transfer/mine-object.json").unlink()
+    with pytest.raises(UserError) as err:
+        report.run(toy_run, out=Path("reports"))
+    assert "records/import/mine.json (`dvc repro import@mine`)" in str(err.value)
+    assert "records/transfer/mine-object.json (`dvc repro transfer_external@mine-object`)" in str(err.value)
+    assert not Path("reports").exists()

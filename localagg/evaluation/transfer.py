@@ -44,7 +44,8 @@ def load_backbone(checkpoint_path: str | Path | None, model_cfg: ModelConfig, se
     `checkpoint_path=None`, a randomly initialised one (the `random` baseline, seeded by `seed`
     without touching torch's global random state).
 
-    The checkpoint's "model_meta" must equal `model_cfg`'s arch, stem and embedding_dim;
+    The checkpoint's "model_meta" must equal `model_cfg`'s arch, stem and embedding_dim (an
+    imported model keeps its own embedding_dim: its file's head, or the trunk width);
     a missing file, a file that is not a pretrain export, or another model is a UserError
     naming the file and what differs. `export`: the file's content, when the caller has read it.
     """
@@ -52,8 +53,11 @@ def load_backbone(checkpoint_path: str | Path | None, model_cfg: ModelConfig, se
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
-    model = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
     state = export if export is not None else ckpt.load_export(checkpoint_path, "pretrained model")
+    dim = model_cfg.embedding_dim
+    if state.get("objective") == "imported":  # its embedding is the file's own (its head, or the pooled trunk)
+        dim = state["model_meta"].get("embedding_dim", dim)
+    model = build_model(model_cfg.arch, model_cfg.stem, dim)
     check_meta(state["model_meta"], model.meta(), str(checkpoint_path))
     try:
         model.load_state_dict(state["model"])

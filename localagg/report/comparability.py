@@ -152,6 +152,21 @@ def detection_differences(dataset: str, protocol: dict) -> list[str]:
     return out + _detection_protocol(dataset, protocol)
 
 
+def knn_differences(role: str, protocol: dict) -> list[str]:
+    """How a transfer cell's kNN (its dataset, k and temperature) differs from the recipe's for `role`."""
+    paper_dataset = {"object": "imagenet", "transfer": "places205"}[role]
+    out = [f"kNN on {phrase}" for phrase in
+           _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))]
+    return out + _keys(protocol.get("knn") or {}, "transfer.knn", recipe_keys("transfer.knn"), "kNN ")
+
+
+def detection_protocol_differences(dataset: str, protocol: dict) -> list[str]:
+    """How a detection cell's sets and schedule differ from the recipe's (VISSL's Detectron2
+    VOC07 protocol), whatever the detector: the rule for a number published with this
+    project's detector, e.g. an imported model's."""
+    return _detection_protocol(dataset, protocol)
+
+
 def _detection_protocol(dataset: str, protocol: dict) -> list[str]:
     if dataset != "voc07":
         out = [f"{dataset} instead of voc07"]

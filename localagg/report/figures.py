@@ -24,9 +24,24 @@ import numpy as np
 
 from localagg.io import atomic_path
 
-from .results import BASELINE_ORDER, LAYERS, MODELS, NAMES, PIXELS, ROLES, Cell, best_layer
+from .results import LAYERS, PIXELS, ROLES, Cell, baseline_order, best_layer, models_in
+from .results import label as name_of
 
 COLORS = {"la": "tab:red", "ir": "tab:blue", "random": "tab:gray", "supervised": "tab:green", PIXELS: "black"}
+IMPORTED_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def color(model: str, models: Sequence[str] = ()) -> str:
+    """A model's colour in every figure; imported models by their place among `models`."""
+    if model in COLORS:
+        return COLORS[model]
+    imported = [m for m in models if m not in COLORS]
+    return IMPORTED_COLORS[imported.index(model) % len(IMPORTED_COLORS)] if model in imported else "tab:purple"
+
+
+def _ordered(found) -> list[str]:
+    """The models of `found` (a dict by model) in the baselines' order (imported after LA)."""
+    return [m for m in baseline_order(tuple(found)) if m in found]
 
 
 def _plt():
@@ -66,15 +81,16 @@ def readout_figure(cells: list[Cell], path: Path) -> Path:
     plt = _plt()
     ix = {c.key: c for c in cells}
     fig, axes = plt.subplots(1, len(ROLES), figsize=(5.2 * len(ROLES), 3.6), squeeze=False)
+    models = models_in(cells)
     for ax, role in zip(axes[0], ROLES):
-        for model in MODELS:
+        for model in models:
             for metric, style in (("top1", "-"), ("top1_10crop", "--")):
                 found = [ix.get((model, "linear", role, layer, metric)) for layer in LAYERS]
                 if not all(found):
                     continue
                 ax.errorbar(range(len(LAYERS)), [c.stat.mean for c in found], yerr=[c.stat.std or 0 for c in found],
-                            color=COLORS[model], linestyle=style, marker="o", capsize=3,
-                            label=NAMES[model] + ("" if metric == "top1" else " (10-crop)"))
+                            color=color(model, models), linestyle=style, marker="o", capsize=3,
+                            label=name_of(model) + ("" if metric == "top1" else " (10-crop)"))
         pixels = ix.get((PIXELS, "linear", role, PIXELS, "top1"))
         if pixels is not None:
             ax.axhline(pixels.stat.mean, color=COLORS[PIXELS], linestyle=":", label="raw pixels")
@@ -99,7 +115,7 @@ def pretraining_figure(curves: dict[str, dict[str, list[tuple[float, float]]]], 
     for model in ("ir", "la", "supervised"):
         points = sorted(curves[model]["knn_top1"])
         axes[0].plot([e + offsets[model] for e, _ in points], [v for _, v in points], marker="o", markersize=3,
-                     color=COLORS[model], label=NAMES[model])
+                     color=COLORS[model], label=name_of(model))
     axes[0].axvline(switch, color="black", linestyle=":", linewidth=1)
     axes[0].annotate("IR -> LA", (switch, 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="left")
     axes[0].set(xlabel="epoch (LA continues from IR's last)", ylabel="kNN top-1 (%)",
@@ -109,7 +125,7 @@ def pretraining_figure(curves: dict[str, dict[str, list[tuple[float, float]]]], 
     for ax, model in zip(axes[1:], ("ir", "la", "supervised")):
         points = sorted(curves[model]["loss"])
         ax.plot([e for e, _ in points], [v for _, v in points], marker="o", markersize=3, color=COLORS[model])
-        ax.set(xlabel=f"{NAMES[model]} epoch", ylabel="mean loss", title=labels[model])
+        ax.set(xlabel=f"{name_of(model)} epoch", ylabel="mean loss", title=labels[model])
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -125,13 +141,14 @@ def detection_figure(cells: list[Cell], path: Path) -> Path:
     ix = {c.key: c for c in cells}
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     width = 0.8 / len(metrics)
+    models = models_in(c for c in cells if c.task == "detection")
     for i, metric in enumerate(metrics):
-        found = [ix[(model, "detection", "detection", "", metric)] for model in MODELS]
-        xs = [m + (i - (len(metrics) - 1) / 2) * width for m in range(len(MODELS))]
+        found = [ix[(model, "detection", "detection", "", metric)] for model in models]
+        xs = [m + (i - (len(metrics) - 1) / 2) * width for m in range(len(models))]
         errors = [c.stat.std or 0 for c in found] if any(c.stat.std for c in found) else None
         ax.bar(xs, [c.stat.mean for c in found], width, yerr=errors, capsize=3, label=metric)
     name = next(c.dataset for c in cells if c.role == "detection")
-    ax.set(xticks=range(len(MODELS)), xticklabels=[NAMES[m] for m in MODELS], ylabel="AP (%)",
+    ax.set(xticks=range(len(models)), xticklabels=[name_of(m) for m in models], ylabel="AP (%)",
            title=f"detection on {name}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
@@ -144,7 +161,7 @@ def per_class_figure(per_class: dict[str, tuple[str, list[float]]], classes: Seq
     """Top-1 per class (best layer of each model, mean over seeds) as a table-like heatmap.
     `per_class` maps a model to (its best layer, [top-1 per class])."""
     plt = _plt()
-    models = [m for m in BASELINE_ORDER if m in per_class]
+    models = _ordered(per_class)
     values = np.array([per_class[m][1] for m in models])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.8 + 0.45 * len(models)))
     ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
@@ -152,7 +169,7 @@ def per_class_figure(per_class: dict[str, tuple[str, list[float]]], classes: Seq
         for j in range(len(classes)):
             ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
-    ax.set_yticks(range(len(models)), [f"{NAMES[m]} ({per_class[m][0]})" for m in models])
+    ax.set_yticks(range(len(models)), [f"{name_of(m)} ({per_class[m][0]})" for m in models])
     ax.set_title(f"linear readout top-1 per class (%), best layer, {dataset}")
     fig.tight_layout()
     return _save(fig, path)
@@ -165,7 +182,7 @@ def retrieval_figure(retrieval: dict[str, dict], image: Callable[[str, int], np.
     `retrieval` maps a model to {"queries": [...], "neighbours": [[...]]}; `image(split, i)`
     and `label(split, i)` read the prepared object set."""
     plt = _plt()
-    models = [m for m in BASELINE_ORDER if m in retrieval]
+    models = _ordered(retrieval)
     k = len(next(iter(retrieval.values()))["neighbours"][0])
     rows = queries * len(models)
     fig, axes = plt.subplots(rows, k + 1, figsize=(0.62 * (k + 1) + 1.6, 0.66 * rows), squeeze=False)
@@ -180,7 +197,7 @@ def retrieval_figure(retrieval: dict[str, dict], image: Callable[[str, int], np.
                 hit = label("train", n) == label("val", query)
                 same += hit
                 _thumb(ax_row[j + 1], image("train", n), edge="tab:green" if hit else "tab:red")
-            ax_row[0].set_ylabel(f"{NAMES[model]}\n{same}/{k}", rotation=0, ha="right", va="center", fontsize=7)
+            ax_row[0].set_ylabel(f"{name_of(model)}\n{same}/{k}", rotation=0, ha="right", va="center", fontsize=7)
     fig.suptitle("nearest training images of validation queries (green: same class)", fontsize=10)
     fig.tight_layout(h_pad=0.1, w_pad=0.1)
     return _save(fig, path)
@@ -189,14 +206,14 @@ def retrieval_figure(retrieval: dict[str, dict], image: Callable[[str, int], np.
 def maps_figure(maps: dict[str, dict], labels: Callable[[int], int], classes: Sequence[str], path: Path) -> Path:
     """t-SNE maps of the validation embeddings, one panel per model, points coloured by class."""
     plt = _plt()
-    models = [m for m in BASELINE_ORDER if m in maps]
+    models = _ordered(maps)
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 3.3), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, model in zip(axes[0], models):
         xy = np.asarray(maps[model]["xy"])
         colors = [cmap(labels(i) % 10) for i in maps[model]["indices"]]
         ax.scatter(xy[:, 0], xy[:, 1], c=colors, s=3, linewidths=0)
-        ax.set(xticks=[], yticks=[], title=NAMES[model])
+        ax.set(xticks=[], yticks=[], title=name_of(model))
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=cmap(i % 10), label=c) for i, c in enumerate(classes)]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("t-SNE of the validation embeddings, coloured by class", fontsize=10)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 import re
 
+from . import comparability
 from .comparability import set_name
 from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, RECIPE, paper_value
-from .results import (BASELINE_ORDER, KNN_LAYERS, LAYERS, MODELS, NAMES, PIXELS, ROLES, Cell, Record, RunMetrics,
-                      Stat, best_layer)
+from .results import (KNN_LAYERS, LAYERS, PIXELS, ROLES, Cell, Record, RunMetrics, Stat, baseline_order, best_layer,
+                      label, models_in)
 
 ROLE_NOUN = {"object": "object set", "transfer": "transfer set", "detection": "detection set"}
 
@@ -110,10 +111,10 @@ def statement(idents: dict[str, tuple[str, str]], prepare: Record, ix: dict[tupl
 def _headline_cells(ix: dict[tuple, Cell]) -> list[tuple[str, Cell | None]]:
     """(row label + model, cell) for the LA and IR cells of every headline row the paper has a number for."""
     out = []
-    for label, role, task, layer, metric in HEADLINE:
+    for bench, role, task, layer, metric in HEADLINE:
         for model in ("la", "ir"):
             if paper_value(model, role, task, layer, metric) is not None:
-                out.append((f"{label} ({model.upper()})", ix.get((model, task, role, layer, metric))))
+                out.append((f"{bench} ({model.upper()})", ix.get((model, task, role, layer, metric))))
     return out
 
 
@@ -121,16 +122,21 @@ SHOWN_REASONS = 3
 
 
 def _not_comparable(cell: Cell) -> str:
-    shown = "; ".join(cell.differences[:SHOWN_REASONS])
-    more = len(cell.differences) - SHOWN_REASONS
-    return f" (not comparable: {shown}{f'; and {more} more' if more > 0 else ''})"
+    return f" ({_reasons(cell.differences)})"
+
+
+def _reasons(differences) -> str:
+    """'not comparable: <the first SHOWN_REASONS differences>; and N more'."""
+    shown = "; ".join(differences[:SHOWN_REASONS])
+    more = len(differences) - SHOWN_REASONS
+    return f"not comparable: {shown}{f'; and {more} more' if more > 0 else ''}"
 
 
 def headline(ix: dict[tuple, Cell]) -> str:
     """The paper's headline table: paper LA/IR, this run's LA/IR and, where comparable, their differences."""
     rows, sources = [], []
-    for label, role, task, layer, metric in HEADLINE:
-        row = [label]
+    for bench, role, task, layer, metric in HEADLINE:
+        row = [bench]
         for model in ("la", "ir"):
             paper = paper_value(model, role, task, layer, metric)
             cell = ix.get((model, task, role, layer, metric))
@@ -152,9 +158,9 @@ def headline(ix: dict[tuple, Cell]) -> str:
 def why_not(ix: dict[tuple, Cell]) -> str:
     """Every difference from the paper's protocol, per headline number (empty when all are comparable)."""
     parts = []
-    for label, cell in _headline_cells(ix):
+    for bench, cell in _headline_cells(ix):
         if cell is not None and cell.differences:
-            parts.append(f"- **{label}**: " + "; ".join(cell.differences) + ".")
+            parts.append(f"- **{bench}**: " + "; ".join(cell.differences) + ".")
     if not parts:
         return ""
     return ("## Why not comparable\n\nWhat differs from the paper's protocol (paper.RECIPE and the datasets' "
@@ -176,7 +182,7 @@ def deviations(ix: dict[tuple, Cell]) -> str:
 
 def _n_header(ix, task, role, layer, metric) -> list[str]:
     out = []
-    for model in MODELS:
+    for model in models_in(ix):
         cell = ix.get((model, task, role, layer, metric))
         out.append(f"{model} (n={cell.stat.n})" if cell and cell.stat.n > 1 else model)
     return out
@@ -192,7 +198,7 @@ def readout(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMet
         comparable = any(c.paper is not None for c in ix.values() if c.role == role and c.task == "linear")
         for layer in LAYERS:
             for metric, crop in (("top1", "centre"), ("top1_10crop", "10-crop")):
-                cells = [ix.get((model, "linear", role, layer, metric)) for model in MODELS]
+                cells = [ix.get((model, "linear", role, layer, metric)) for model in models_in(ix)]
                 if not any(cells):
                     continue
                 sources += [p for c in cells if c for p in c.sources]
@@ -229,11 +235,11 @@ def knn(ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]], m: RunMetrics
         pixels = ix[(PIXELS, "knn", role, PIXELS, "top1")]
         sources += pixels.sources
         for layer in KNN_LAYERS:
-            cells = [ix[(model, "knn", role, layer, "top1")] for model in MODELS]
+            cells = [ix[(model, "knn", role, layer, "top1")] for model in models_in(ix)]
             sources += [p for c in cells for p in c.sources]
             rows.append([f"`{idents[role][0]}`", layer, fmt(pixels.stat)] + [fmt(c.stat) for c in cells])
     ks = sorted({int(r.number("knn_k")) for recs in m.transfer.values() for r in recs})
-    header = ["dataset", "features", "raw pixels", *MODELS]
+    header = ["dataset", "features", "raw pixels", *models_in(ix)]
     return (f"## kNN top-1 (k = {', '.join(map(str, ks))})\n\nWeights exp(similarity / temperature); the raw-pixel "
             "column uses the centred, L2-normalised pixels (one number per dataset). kNN is deterministic: the "
             "readout seeds do not move it.\n\n" + table(header, rows) + "\n\n" + source_line(sources))
@@ -247,7 +253,7 @@ def baselines(cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[
         name = f"`{idents[role][0]}`"
         knn_row, best_row, conv5_row = [name, "kNN top-1"], ["", "best linear layer (centre crop)"], \
             ["", "conv5 linear (centre crop)"]
-        for model in BASELINE_ORDER:
+        for model in baseline_order(models_in(cells)):
             knn_cell = ix[(model, "knn", role, PIXELS if model == PIXELS else "embedding", "top1")]
             best = best_layer(cells, model, role)
             conv5 = ix.get((model, "linear", role, "conv5", "top1"))
@@ -257,7 +263,7 @@ def baselines(cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[
             sources += knn_cell.sources + (best.sources if best else ())
         rows += [knn_row, best_row, conv5_row]
     n = max(c.stat.n for c in cells if c.task == "linear")
-    header = ["dataset", "measure", *(NAMES[m] for m in BASELINE_ORDER)]
+    header = ["dataset", "measure", *(label(m) for m in baseline_order(models_in(cells)))]
     return ("## Where the learned features stand\n\nFrom nothing learned (raw pixels, the untrained network) to labels "
             "used (the supervised reference). kNN uses the embedding (the pixels for the pixel baseline); the best "
             f"layer is the one with the highest mean top-1 over the {n} readout seed(s) (mean ± sample std over "
@@ -270,7 +276,7 @@ def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> s
     protocol = m.detection["la"][0].get("protocol", optional=True) or {}
     comparable = any(c.paper is not None for c in ix.values() if c.task == "detection")
     rows, sources = [], []
-    for model in MODELS:
+    for model in m.models:
         cells = [ix[(model, "detection", "detection", "", metric)] for metric in ("AP50", "AP", "AP75")]
         sources += [p for c in cells for p in c.sources]
         row = [model, str(cells[0].stat.n)] + [fmt(c.stat) for c in cells]
@@ -290,6 +296,67 @@ def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> s
                  "backbone detects better.")
     return (f"## Detection on `{name}` (Faster R-CNN C4, {arch} backbone)\n\n{sets}\n\n" + table(header, rows)
             + "\n\n" + source_line(sources))
+
+
+PUBLISHED = {  # an entry's `published:` key -> (task, role, layer; None: the best layer) of this run's cell
+    "object_best_top1": ("linear", "object", None), "object_conv5_top1": ("linear", "object", "conv5"),
+    "transfer_best_top1": ("linear", "transfer", None), "transfer_conv5_top1": ("linear", "transfer", "conv5"),
+    "object_knn_top1": ("knn", "object", "embedding"), "detection_AP50": ("detection", "detection", ""),
+}
+
+
+def _published_differences(m: RunMetrics, model: str, task: str, role: str) -> list[str]:
+    """How this run's evaluation of `model` differs from the protocol the recipe names (the LA
+    paper's readout and kNN on the full datasets; VISSL's Detectron2 VOC07 schedule): a
+    published number is subtracted only where there is no difference."""
+    found: list[str] = []
+    if task == "detection":
+        for r in m.detection[model]:
+            found += comparability.detection_protocol_differences(str(r.get("dataset_name")),
+                                                                   r.get("protocol", optional=True) or {})
+    else:
+        for r in m.transfer[(model, role)]:
+            protocol = r.get("protocol", optional=True) or {}
+            found += (comparability.readout_differences(role, protocol) if task == "linear"
+                      else comparability.knn_differences(role, protocol))
+    return list(dict.fromkeys(found))
+
+
+def imported(m: RunMetrics, cells: list[Cell], ix: dict[tuple, Cell]) -> str:
+    """The imported models (the params' `external` entries): what each file was, and its
+    published numbers beside this run's."""
+    if not m.imported:
+        return ""
+    rows, published = [], []
+    for name, r in m.imported.items():
+        entry = r.get("entry", optional=True) or {}
+        source = str(r.get("source", optional=True) or "")
+        epochs = entry.get("epochs")
+        rows.append([f"`{name}`", entry.get("method") or "—", f"{epochs:,}" if isinstance(epochs, int) else "—",
+                     str(r.get("format", optional=True)), f"`{source.rsplit('/', 1)[-1]}` "
+                     f"(sha256 {str(r.get('source_sha256', optional=True) or '')[:12]})",
+                     str(r.get("embedding", optional=True) or "")])
+        for key, value in sorted((entry.get("published") or {}).items()):
+            task, role, layer = PUBLISHED[key]
+            cell = best_layer(cells, name, role) if layer is None else ix.get((name, task, role, layer,
+                                                                                "AP50" if task == "detection" else "top1"))
+            if cell is None:
+                continue
+            diffs = _published_differences(m, name, task, role)
+            ours = fmt(cell.stat, with_n=True) + (f" ({cell.layer})" if layer is None else "")
+            gap = f"{cell.stat.mean - value:+.2f}" if not diffs else _reasons(diffs)
+            published.append([f"`{name}`", key, f"{value:.2f}", ours, gap])
+    text = ("## Imported models\n\nCheckpoints trained elsewhere (the params' `external` entries), converted by "
+            "`import@<name>` and evaluated by the same cells as LA; each is a column of the tables above.\n\n"
+            + table(["model", "method", "epochs", "format", "file", "embedding"], rows) + "\n\n"
+            + source_line([r.path for r in m.imported.values()]))
+    if published:
+        text += ("\n\nTheir published numbers, as the entries give them, beside this run's. The difference is given "
+                 "only where this run evaluated with the protocol the recipe names (the paper's readout and kNN on "
+                 "the full datasets; the VOC07 Detectron2 schedule for detection); that the published number came "
+                 "from the same protocol is the entry's to say.\n\n"
+                 + table(["model", "published as", "published", "this run", "this run − published"], published))
+    return text
 
 
 CLUSTER_STATS = {  # record key -> (label, format): LA's clustering, averaged over the H k-means runs
@@ -422,12 +489,12 @@ def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell], facts: d
 
 def detection_facts(ix: dict[tuple, Cell]) -> str:
     """'AP50 in this run: LA 2.80, IR 4.08, ... (1 seed each).' from the detection cells."""
-    found = [(model, ix.get((model, "detection", "detection", "", "AP50"))) for model in MODELS]
+    found = [(model, ix.get((model, "detection", "detection", "", "AP50"))) for model in models_in(ix)]
     found = [(model, c) for model, c in found if c is not None and c.stat.n]
     if not found:
         return ""
     seeds = sorted({c.stat.n for _, c in found})
-    return ("AP50 in this run: " + ", ".join(f"{NAMES[model]} {c.stat.mean:.2f}" for model, c in found)
+    return ("AP50 in this run: " + ", ".join(f"{label(model)} {c.stat.mean:.2f}" for model, c in found)
             + f" ({' or '.join(map(str, seeds))} seed(s) each).")
 
 
@@ -436,7 +503,7 @@ def retrieval_facts(counts: dict[str, tuple[int, int]]) -> str:
     if not counts:
         return ""
     return ("Neighbours of the query's class over the queries shown: "
-            + ", ".join(f"{NAMES[model]} {same} of {total}" for model, (same, total) in counts.items()) + ".")
+            + ", ".join(f"{label(model)} {same} of {total}" for model, (same, total) in counts.items()) + ".")
 
 
 def per_class_facts(per_class: dict[str, tuple[str, list[float]]], classes) -> str:
@@ -445,7 +512,7 @@ def per_class_facts(per_class: dict[str, tuple[str, list[float]]], classes) -> s
     for model, (layer, values) in per_class.items():
         if values:
             i = min(range(len(values)), key=values.__getitem__)
-            parts.append(f"{NAMES[model]}: {classes[i] if classes and i < len(classes) else i} {values[i]:.1f}% at {layer}")
+            parts.append(f"{label(model)}: {classes[i] if classes and i < len(classes) else i} {values[i]:.1f}% at {layer}")
     return ("Lowest class per model: " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -460,6 +527,6 @@ def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str], facts: dict[s
     idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
     parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), HOW_TO_READ,
              headline(ix), baselines(cells, ix, idents), why_not(ix), readout(ix, idents, m), knn(ix, idents, m),
-             detection(ix, idents["detection"], m), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix, facts),
+             detection(ix, idents["detection"], m), imported(m, cells, ix), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix, facts),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -13,7 +13,7 @@ import csv
 import io
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from localagg.errors import UserError
 
@@ -26,6 +26,28 @@ TRANSFER_MODELS = (*MODELS, PIXELS)
 # from nothing learned to labels used: the order of the baselines table and the pictures' rows
 BASELINE_ORDER = (PIXELS, "random", "ir", "la", "supervised")
 NAMES = {"la": "LA", "ir": "IR", "random": "random network", "supervised": "supervised", PIXELS: "raw pixels"}
+# imported models (the params' `external` entries) go by their entry's name, after MODELS in the
+# tables and beside LA in the baselines' order
+
+
+def label(model: str) -> str:
+    """A model's name in tables and figures: NAMES, or an imported model's own name."""
+    return NAMES.get(model, model)
+
+
+def models_in(cells) -> tuple[str, ...]:
+    """The networks (not the pixel baseline) of `cells` (Cells, or keys of an index), in the
+    order `aggregate` emits them: MODELS, then the imported ones."""
+    found = dict.fromkeys((c.model if isinstance(c, Cell) else c[0]) for c in cells)
+    found.pop(PIXELS, None)
+    return tuple(m for m in MODELS if m in found) + tuple(m for m in found if m not in MODELS)
+
+
+def baseline_order(models) -> tuple[str, ...]:
+    """BASELINE_ORDER with the imported models among `models` after LA (learned without labels)."""
+    imported = tuple(m for m in models if m not in MODELS and m != PIXELS)
+    i = BASELINE_ORDER.index("la") + 1
+    return BASELINE_ORDER[:i] + imported + BASELINE_ORDER[i:]
 ROLES = ("object", "transfer")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LINEAR_METRICS = ("top1", "top5", "top1_10crop", "top5_10crop")
@@ -81,14 +103,24 @@ class RunMetrics:
     transfer: dict[tuple[str, str], list[Record]]  # (model or pixels, role) -> one record per readout seed
     detection: dict[str, list[Record]]             # model -> one record per seed
     curves: dict[str, dict[str, list[tuple[float, float]]]]  # ir, la, supervised -> loss/knn_top1 -> [(epoch, value)]
+    imported: dict[str, Record] = field(default_factory=dict)  # external entry -> its import record
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The networks evaluated: the pipeline's own, then the imported ones."""
+        return (*MODELS, *self.imported)
+
+    @property
+    def transfer_models(self) -> tuple[str, ...]:
+        return (*self.models, PIXELS)
 
     def records(self) -> list[Record]:
         """Every metrics file, in pipeline order."""
-        out = [self.prepare, *self.pretrain.values()]
+        out = [self.prepare, *self.pretrain.values(), *self.imported.values()]
         for role in ROLES:
-            for model in TRANSFER_MODELS:
+            for model in self.transfer_models:
                 out += self.transfer[(model, role)][:1]  # the seeds of a cell share its record file
-        for model in MODELS:
+        for model in self.models:
             out += self.detection[model]
         return out
 
@@ -175,9 +207,9 @@ def aggregate(m: RunMetrics) -> list[Cell]:
     numbers are left out when no seed has them.
     """
     cells = []
-    idents = {role: identity([r for model in MODELS for r in m.transfer[(model, role)]]) for role in ROLES}
+    idents = {role: identity([r for model in m.models for r in m.transfer[(model, role)]]) for role in ROLES}
     for role in ROLES:
-        for model in TRANSFER_MODELS:
+        for model in m.transfer_models:
             recs = m.transfer[(model, role)]
             diffs = differences(model, "linear", role, recs)
             for layer in ((PIXELS,) if model == PIXELS else LAYERS):
@@ -187,12 +219,12 @@ def aggregate(m: RunMetrics) -> list[Cell]:
                     cells.append(_cell(model, "linear", role, idents[role], layer, metric, recs,
                                        ("linear", layer, metric), diffs))
     for role in ROLES:
-        for model in TRANSFER_MODELS:
+        for model in m.transfer_models:
             for layer in ((PIXELS,) if model == PIXELS else KNN_LAYERS):  # deterministic: one value, not per seed
                 cells.append(_cell(model, "knn", role, idents[role], layer, "top1", m.transfer[(model, role)][:1],
                                    ("knn", layer)))
-    ident = identity([r for model in MODELS for r in m.detection[model]])
-    for model in MODELS:
+    ident = identity([r for model in m.models for r in m.detection[model]])
+    for model in m.models:
         diffs = differences(model, "detection", "detection", m.detection[model])
         for metric in DETECTION_METRICS:
             cells.append(_cell(model, "detection", "detection", ident, "", metric, m.detection[model], (metric,),
