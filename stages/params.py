@@ -21,6 +21,8 @@ from localagg.detection.protocol import DetectionConfig
 from localagg.evaluation.readout_config import LinearReadoutConfig
 from localagg.errors import UserError
 from localagg.models.config import ModelConfig
+from localagg.models.foreign import FORMATS
+from localagg.report.results import MODELS, PIXELS, PUBLISHED_CELLS
 from localagg.training.methods.instance_recognition import IRConfig
 from localagg.training.methods.local_aggregation import LAConfig
 from localagg.training.methods.supervised import SupervisedConfig
@@ -215,16 +217,8 @@ def check_seed(section: str, seed: int, seeds: list[int]) -> None:
 
 # --------------------------------------------------------------------------- external
 
-BUILT_IN = ("la", "ir", "random", "supervised", "pixels")  # the pipeline's own models (paths.MODELS, PIXELS)
-CHECKPOINT_FORMATS = ("auto", "localagg", "torchvision", "moco", "npid", "vissl", "mmselfsup", "hub")  # models.foreign
-PUBLISHED_KEYS = {  # what a `published:` number is, as the report reads this run's
-    "object_best_top1": "best layer's linear top-1 on the object set (ImageNet's role)",
-    "object_conv5_top1": "conv5's linear top-1 on the object set",
-    "transfer_best_top1": "best layer's linear top-1 on the transfer set (Places205's role)",
-    "transfer_conv5_top1": "conv5's linear top-1 on the transfer set",
-    "object_knn_top1": "kNN top-1 of the embedding on the object set",
-    "detection_AP50": "detection AP50",
-}
+BUILT_IN = (*MODELS, PIXELS)  # the pipeline's own models: no entry may take their names
+CHECKPOINT_FORMATS = ("auto", *FORMATS)
 
 
 class ExternalModel(Section):
@@ -238,8 +232,8 @@ class ExternalModel(Section):
     method: Optional[str] = Field(None, description="what trained it, for the report (e.g. MoCo v2)")
     epochs: Optional[int] = Field(None, ge=0, description="its pretraining epochs, for the report")
     notes: Optional[str] = Field(None, description="anything else the report should say about it (its source URL)")
-    published: dict[Literal[tuple(PUBLISHED_KEYS)], float] = Field(
-        default_factory=dict, description="its published numbers, by the keys of PUBLISHED_KEYS; the report prints "
+    published: dict[Literal[tuple(PUBLISHED_CELLS)], float] = Field(
+        default_factory=dict, description="its published numbers, by the keys of report.results.PUBLISHED_CELLS; the report prints "
                                           "them beside this run's and subtracts only where the protocol is the paper's")
 
     @field_validator("published")

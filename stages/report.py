@@ -41,6 +41,7 @@ from localagg.report.markdown import per_class_facts, render, retrieval_facts
 from localagg.report.results import (MODELS, PIXELS, ROLES, Record, RunMetrics, aggregate, baseline_order, csv_text)
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
+from .imports import record_of
 from .roots import use_dataset_roots
 from .paths import (DETECTION_MANIFEST, STAGE_OF_MODEL, detection_metrics_path, detection_stage, record_path,
                     transfer_metrics_path, transfer_stage)
@@ -115,8 +116,6 @@ def _models(seeds: dict) -> tuple[str, ...]:
 def expected_files(seeds: dict[str, list[int]]) -> list[tuple[Path, str]]:
     """Every file the report reads, with the DVC stage that writes it (`seeds` from `read_seeds`):
     the records (records/..., the full numbers beside each metrics file, curves included)."""
-    from .imports import record_of
-
     files = [(PREPARE_RECORD, "prepare")]
     files += [(pretrain_record(stage), stage) for stage in PRETRAIN_STAGES.values()]
     files += [(record_of(name), f"import@{name}") for name in seeds.get("imported", ())]
@@ -139,8 +138,6 @@ def refuse_strays(seeds: dict[str, list[int]]) -> None:
     """A JSON file under metrics/ or records/ that no stage writes (an older layout, a removed
     seed, a copy) would show in `dvc metrics show` beside the report's numbers and contradict
     them: one UserError lists every one, before anything is written."""
-    from .imports import record_of
-
     declared = declared_metrics(seeds)
     declared |= {record_path(p) for p in declared} | {record_of(name) for name in seeds.get("imported", ())}
     strays = sorted(str(p) for root in (Path("metrics"), Path("records")) if root.is_dir()
@@ -192,8 +189,6 @@ def load(params: Path) -> RunMetrics:
                         f"or `dvc repro` for the whole pipeline.")
     refuse_strays(seeds)
     rec = {path: _record(path, stage) for path, stage in files if path.suffix == ".json"}
-    from .imports import record_of
-
     models = _models(seeds)
     run = RunMetrics(
         prepare=rec[PREPARE_RECORD],

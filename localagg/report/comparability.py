@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .paper import DATASET_SIZES, DETECTION_SETS, IR_BASELINE_EPOCHS, PAPER_ARCH, RECIPE
+from .paper import BENCHMARK, DATASET_SIZES, DETECTION_SETS, IR_BASELINE_EPOCHS, PAPER_ARCH, RECIPE
 
 PAPER_DETECTOR = "tf-faster-rcnn"  # the authors' fork (neuroailab/tf-faster-rcnn): where 69.1 and 65.4 come from
 STAGE_SECTION = {"ir": "pretrain_ia", "la": "pretrain_la"}
@@ -129,7 +129,7 @@ def pretraining_differences(model: str, provenance: list[dict]) -> list[str]:
 
 def readout_differences(role: str, protocol: dict) -> list[str]:
     """How a transfer cell's dataset and readout differ from the paper's for `role` (object, transfer)."""
-    paper_dataset = {"object": "imagenet", "transfer": "places205"}[role]
+    paper_dataset = BENCHMARK[role]
     out = [f"readout on {phrase}" for phrase in
            _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))]
     return out + _keys(protocol.get("readout") or {}, f"transfer.{role}", recipe_keys(f"transfer.{role}"), "readout ")
@@ -149,12 +149,12 @@ def detection_differences(dataset: str, protocol: dict) -> list[str]:
     out = [] if detector == PAPER_DETECTOR else [
         f"{'the detector is not recorded' if detector is None else detector} instead of the authors' "
         f"{PAPER_DETECTOR} (the paper's AP is never set against another detector's)"]
-    return out + _detection_protocol(dataset, protocol)
+    return out + detection_protocol_differences(dataset, protocol)
 
 
 def knn_differences(role: str, protocol: dict) -> list[str]:
     """How a transfer cell's kNN (its dataset, k and temperature) differs from the recipe's for `role`."""
-    paper_dataset = {"object": "imagenet", "transfer": "places205"}[role]
+    paper_dataset = BENCHMARK[role]
     out = [f"kNN on {phrase}" for phrase in
            _sizes(str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"), protocol.get("val_images"))]
     return out + _keys(protocol.get("knn") or {}, "transfer.knn", recipe_keys("transfer.knn"), "kNN ")
@@ -162,12 +162,8 @@ def knn_differences(role: str, protocol: dict) -> list[str]:
 
 def detection_protocol_differences(dataset: str, protocol: dict) -> list[str]:
     """How a detection cell's sets and schedule differ from the recipe's (VISSL's Detectron2
-    VOC07 protocol), whatever the detector: the rule for a number published with this
-    project's detector, e.g. an imported model's."""
-    return _detection_protocol(dataset, protocol)
-
-
-def _detection_protocol(dataset: str, protocol: dict) -> list[str]:
+    VOC07 protocol), whatever the detector: part of `detection_differences`, and the rule for a
+    number published with this project's detector, e.g. an imported model's."""
     if dataset != "voc07":
         out = [f"{dataset} instead of voc07"]
     else:

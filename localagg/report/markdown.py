@@ -12,8 +12,8 @@ import re
 from . import comparability
 from .comparability import set_name
 from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, RECIPE, paper_value
-from .results import (KNN_LAYERS, LAYERS, PIXELS, ROLES, Cell, Record, RunMetrics, Stat, baseline_order, best_layer,
-                      label, models_in)
+from .results import (KNN_LAYERS, LAYERS, PIXELS, PUBLISHED_CELLS, ROLES, Cell, Record, RunMetrics, Stat,
+                      baseline_order, best_layer, label, models_in)
 
 ROLE_NOUN = {"object": "object set", "transfer": "transfer set", "detection": "detection set"}
 
@@ -298,13 +298,6 @@ def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> s
             + "\n\n" + source_line(sources))
 
 
-PUBLISHED = {  # an entry's `published:` key -> (task, role, layer; None: the best layer) of this run's cell
-    "object_best_top1": ("linear", "object", None), "object_conv5_top1": ("linear", "object", "conv5"),
-    "transfer_best_top1": ("linear", "transfer", None), "transfer_conv5_top1": ("linear", "transfer", "conv5"),
-    "object_knn_top1": ("knn", "object", "embedding"), "detection_AP50": ("detection", "detection", ""),
-}
-
-
 def _published_differences(m: RunMetrics, model: str, task: str, role: str) -> list[str]:
     """How this run's evaluation of `model` differs from the protocol the recipe names (the LA
     paper's readout and kNN on the full datasets; VISSL's Detectron2 VOC07 schedule): a
@@ -337,7 +330,7 @@ def imported(m: RunMetrics, cells: list[Cell], ix: dict[tuple, Cell]) -> str:
                      f"(sha256 {str(r.get('source_sha256', optional=True) or '')[:12]})",
                      str(r.get("embedding", optional=True) or "")])
         for key, value in sorted((entry.get("published") or {}).items()):
-            task, role, layer = PUBLISHED[key]
+            task, role, layer = PUBLISHED_CELLS[key]
             cell = best_layer(cells, name, role) if layer is None else ix.get((name, task, role, layer,
                                                                                 "AP50" if task == "detection" else "top1"))
             if cell is None:

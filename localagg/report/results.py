@@ -49,6 +49,16 @@ def baseline_order(models) -> tuple[str, ...]:
     i = BASELINE_ORDER.index("la") + 1
     return BASELINE_ORDER[:i] + imported + BASELINE_ORDER[i:]
 ROLES = ("object", "transfer")
+# an imported model's `published:` key -> (task, role, layer) of this run's cell it stands beside;
+# layer None: the best layer (best_layer)
+PUBLISHED_CELLS = {
+    "object_best_top1": ("linear", "object", None),          # linear top-1 on the object set (ImageNet's role)
+    "object_conv5_top1": ("linear", "object", "conv5"),
+    "transfer_best_top1": ("linear", "transfer", None),      # on the transfer set (Places205's role)
+    "transfer_conv5_top1": ("linear", "transfer", "conv5"),
+    "object_knn_top1": ("knn", "object", "embedding"),       # kNN top-1 of the embedding
+    "detection_AP50": ("detection", "detection", ""),
+}
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 LINEAR_METRICS = ("top1", "top5", "top1_10crop", "top5_10crop")
 TEN_CROP = ("top1_10crop", "top5_10crop")  # absent when the readout ran with ten_crop off
