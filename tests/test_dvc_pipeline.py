@@ -1,6 +1,7 @@
 """DVC integration: the whole pipeline runs in a copy of the repository at tiny sizes, a
 second run does nothing, a param change reruns exactly the stages that read it, and so do
-the experiments of a queued sweep."""
+the experiments of a queued sweep; a clone that pulls the run's outputs from a DVC remote
+reruns nothing."""
 
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def _stale(repo: Path) -> set[str]:
 def _ran(output: str) -> set[str]:
     """Stage names that `dvc repro` says it ran."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def _skipped(output: str) -> set[str]:
+    """Stage names that `dvc repro` says it skipped (nothing changed)."""
+    return {line.split("'")[1] for line in output.splitlines() if line.endswith("didn't change, skipping")}
 
 
 def _commit(repo: Path, message: str) -> None:
@@ -189,3 +195,39 @@ def test_repro_then_nothing_then_only_affected_stages(repo_copy):
     assert max(len(line) for line in shown.splitlines()) <= 200  # one screen wide
     plots = _run([dvc, "plots", "show", "--json"], repo_copy)
     assert "pretraining kNN top-1" in plots and "LA readout loss per layer, object set" in plots
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a minute of DVC commands on 2 idle cores; a loaded machine can take several times that
+def test_a_clone_pulls_the_models_from_a_remote_and_retrains_nothing(repo_copy):
+    """How a run is shared: git holds the code, params, dvc.lock and the uncached records,
+    metrics and reports; a DVC remote (here a local directory) holds the cached outputs, the
+    prepared data and the models. A clone without them would rerun every stage; after
+    `dvc pull` it is up to date and `dvc repro` trains nothing. Reuses the run of the test
+    above: the state of its "results" commit."""
+    dvc = str(BIN / "dvc")
+    # the test above leaves param changes after its "results" commit: back to that commit
+    _run(["git", "reset", "-q", "--hard"], repo_copy)
+    if not (repo_copy / "dvc.lock").is_file():
+        pytest.skip("needs the run of test_repro_then_nothing_then_only_affected_stages (its results commit)")
+    _run([dvc, "checkout", "--force"], repo_copy)
+    assert _stale(repo_copy) == set()
+
+    remote, clone = repo_copy.parent / "remote", repo_copy.parent / "clone"
+    _run([dvc, "remote", "add", "-d", "shared", str(remote)], repo_copy)
+    _run([dvc, "push"], repo_copy)
+    _commit(repo_copy, "the shared remote")
+
+    # the clone has git's files only: no model, and every stage is stale
+    _run(["git", "clone", "-q", str(repo_copy), str(clone)], repo_copy.parent)
+    assert (clone / "reports/results.md").is_file() and not (clone / "models/la.pt").exists()
+    assert _stale(clone) == ALL | IMPORTED
+
+    _run([dvc, "pull"], clone)
+    for out in ("models/la.pt", "models/ir.pt", "models/supervised.pt", "models/random.pt", "models/mine.pt"):
+        assert (clone / out).read_bytes() == (repo_copy / out).read_bytes(), out
+    assert _stale(clone) == set()
+    mtime = (clone / "models/la.pt").stat().st_mtime_ns
+    out = _run([dvc, "repro"], clone)
+    assert _ran(out) == set() and _skipped(out) == ALL | IMPORTED
+    assert (clone / "models/la.pt").stat().st_mtime_ns == mtime
