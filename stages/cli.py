@@ -33,6 +33,9 @@ app = typer.Typer(
 preset_app = typer.Typer(help="List, show and apply params presets (e.g. the paper's ResNet-50 scale).",
                          no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(preset_app, name="preset")
+sweep_app = typer.Typer(help="Sweeps as DVC experiments (e.g. pretraining seeds, for the noise of every gap).",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(sweep_app, name="sweep")
 
 Dataset = Enum("Dataset", {name: name for name in DATASETS}, type=str)
 
@@ -309,6 +312,21 @@ def plan(
     typer.echo(render(costs, problems, machine), nl=False)
     if problems:
         raise typer.Exit(1)
+
+
+@sweep_app.command("seeds")
+@user_errors
+def sweep_seeds(
+    seeds: list[int] = typer.Argument(..., help="pretraining seeds other than the params file's own, e.g. 1 2"),
+    params: Path = ParamsOption,
+    queue: bool = typer.Option(False, "--queue", help="only queue the experiments (run them with `dvc queue start`)"),
+) -> None:
+    """One DVC experiment per pretraining seed (IR, LA, the random network, the supervised
+    reference and LA's k-means together); then `localagg report --compare` measures the spread and
+    `dvc repro report` says of each gap whether it lies outside it."""
+    from . import sweep
+
+    sweep.run(params, list(seeds), queue=queue, echo=err_console.print)
 
 
 @preset_app.command("list")

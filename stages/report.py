@@ -33,12 +33,14 @@ import numpy as np
 import yaml
 
 from localagg.errors import UserError
-from localagg.io import atomic_path, write_text
+from localagg.io import atomic_path, write_json, write_text
 from localagg.report.figures import (best_per_class, clusters_figure, detection_figure, detections_figure,
                                      maps_figure, per_class_figure, pretraining_figure, readout_figure,
                                      retrieval_figure)
 from localagg.report.markdown import per_class_facts, render, retrieval_facts
-from localagg.report.results import (MODELS, PIXELS, ROLES, Record, RunMetrics, aggregate, baseline_order, csv_text)
+from localagg.report import seeds as seeds_mod
+from localagg.report.results import (MODELS, PIXELS, ROLES, Record, RunMetrics, aggregate, baseline_order, csv_text,
+                                     label)
 from localagg.report.sweep import Run, compare_csv, compare_markdown, comparison, flatten
 
 from .imports import record_of
@@ -53,27 +55,28 @@ FIGURES = {name: f"figures/{name}.png" for name in
 
 
 class SweepMetric(NamedTuple):
-    """A headline metric of `compare`: the mean of `keys` over the metrics files matching `pattern`."""
+    """A headline number of `compare`, per model: `key` of the metrics files matching `pattern`
+    (the model is its `model` group), the mean over the files found (detection seeds)."""
 
     label: str
     files: str     # the files, as compare.md names them
-    pattern: str   # regex on the file paths `dvc exp show` lists (old names without -seed<s> too)
-    keys: tuple[str, ...]
+    pattern: str   # regex on the file paths `dvc exp show` lists
+    key: str
 
 
-SWEEP_METRICS = {
-    "la_knn_top1": SweepMetric(
-        "LA kNN top-1 (end of pretraining)", "metrics/pretrain_la.json",
-        r"metrics/pretrain_la\.json", ("knn_top1",)),
-    "la_object_best_top1": SweepMetric(
-        "LA best layer top-1 (centre crop), object set", "metrics/transfer/la-object.json",
-        r"metrics/transfer/la-object\.json", ("best_top1",)),
-    "la_transfer_best_top1": SweepMetric(
-        "LA best layer top-1 (centre crop), transfer set", "metrics/transfer/la-transfer.json",
-        r"metrics/transfer/la-transfer\.json", ("best_top1",)),
-    "la_detection_AP50": SweepMetric(
-        "LA detection AP50", "metrics/detection/la-seed<s>.json",
-        r"metrics/detection/la-seed\d+\.json", ("AP50",)),
+SWEEP_METRICS = {  # the report's headline numbers: fresh-feature kNN, best layer, conv5, transfer, AP50
+    "knn": SweepMetric("kNN top-1 of the embedding, object set", "metrics/transfer/<model>-object.json",
+                       r"metrics/transfer/(?P<model>[^/]+)-object\.json", "knn_top1"),
+    "object_best": SweepMetric("best layer linear top-1 (centre crop), object set",
+                               "metrics/transfer/<model>-object.json",
+                               r"metrics/transfer/(?P<model>[^/]+)-object\.json", "best_top1"),
+    "object_conv5": SweepMetric("conv5 linear top-1 (centre crop), object set", "metrics/transfer/<model>-object.json",
+                                r"metrics/transfer/(?P<model>[^/]+)-object\.json", "conv5_top1"),
+    "transfer_best": SweepMetric("best layer linear top-1 (centre crop), transfer set",
+                                 "metrics/transfer/<model>-transfer.json",
+                                 r"metrics/transfer/(?P<model>[^/]+)-transfer\.json", "best_top1"),
+    "AP50": SweepMetric("detection AP50", "metrics/detection/<model>-seed<s>.json",
+                        r"metrics/detection/(?P<model>[^/]+)-seed\d+\.json", "AP50"),
 }
 
 
@@ -140,6 +143,7 @@ def refuse_strays(seeds: dict[str, list[int]]) -> None:
     them: one UserError lists every one, before anything is written."""
     declared = declared_metrics(seeds)
     declared |= {record_path(p) for p in declared} | {record_of(name) for name in seeds.get("imported", ())}
+    declared.add(seed_sweep_path())
     strays = sorted(str(p) for root in (Path("metrics"), Path("records")) if root.is_dir()
                     for p in root.rglob("*.json") if p not in declared)
     if strays:
@@ -147,6 +151,27 @@ def refuse_strays(seeds: dict[str, list[int]]) -> None:
                         f"(an older layout, or a seed no longer listed): {', '.join(strays[:6])}"
                         f"{' ...' if len(strays) > 6 else ''}. Remove them (`git rm` where they are committed), so that "
                         "`dvc metrics show` and the report agree.")
+
+
+def seed_sweep_path() -> Path:
+    return seeds_mod.RECORD
+
+
+def seed_sweep() -> Record | None:
+    """The pretraining-seed sweep's record (`localagg report --compare` writes it), or None."""
+    path = seeds_mod.RECORD
+    if not path.is_file():
+        return None
+    fix = "rerun `localagg report --compare` (after `localagg sweep seeds ...`), or delete it"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}): {fix}.") from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not (isinstance(runs, list) and all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in runs)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in runs for v in r["metrics"].values())):
+        raise UserError(f"{path}: expected {{\"runs\": [{{\"metrics\": {{name: number}}}}, ...]}}: {fix}.")
+    return Record(str(path), data, "report")
 
 
 def _record(path: Path, stage: str) -> Record:
@@ -198,6 +223,7 @@ def load(params: Path) -> RunMetrics:
         detection={m: [rec[record_path(detection_metrics_path(m, s))] for s in seeds["detection"]] for m in models},
         curves={m: _curves(rec[pretrain_record(stage)]) for m, stage in PRETRAIN_STAGES.items()},
         imported={name: rec[record_of(name)] for name in seeds["imported"]},
+        seed_sweep=seed_sweep(),
     )
     check_slots(run, seeds)
     return run
@@ -393,19 +419,24 @@ def exp_show(params: Path, exp_json: Path | None, all_commits: bool = False) -> 
 
 
 def _headline(metrics: dict) -> dict[str, float]:
-    """LA's headline metrics of one revision (mean over seed files) from its {file: {"data": ...}}."""
-    out = {}
-    for name, metric in SWEEP_METRICS.items():
-        values = []
-        for path, content in metrics.items():
-            node = (content or {}).get("data") if re.fullmatch(metric.pattern, path) else None
-            for key in metric.keys:
-                node = node.get(key) if isinstance(node, dict) else None
+    """Every model's headline numbers of one revision, "<model>_<SWEEP_METRICS key>" -> the mean
+    over its files, from `dvc exp show`'s {file: {"data": ...}}."""
+    found: dict[str, list[float]] = {}
+    for path, content in metrics.items():
+        for name, metric in SWEEP_METRICS.items():
+            match = re.fullmatch(metric.pattern, path)
+            node = ((content or {}).get("data") or {}).get(metric.key) if match else None
             if isinstance(node, (int, float)) and not isinstance(node, bool):
-                values.append(float(node))
-        if values:
-            out[name] = sum(values) / len(values)
-    return out
+                found.setdefault(f"{match['model']}_{name}", []).append(float(node))
+    return {key: sum(values) / len(values) for key, values in found.items()}
+
+
+def _sweep_models(runs: list[Run]) -> list[str]:
+    """The models with a headline number in any run ("<model>_<metric>" keys), from nothing
+    learned to labels used (the report's baseline order, imported models after LA)."""
+    found = {key[:-len(name) - 1] for run in runs for key in run.metrics for name in SWEEP_METRICS
+             if key.endswith(f"_{name}")}
+    return [m for m in baseline_order(sorted(found)) if m in found]
 
 
 def sweep_runs(data: list, origin: str) -> tuple[list[Run], list[str]]:
@@ -441,21 +472,60 @@ def compare(params: Path, exp_json: Path | None = None, out: Path = Path("report
             all_commits: bool = False) -> list[Path]:
     """Write <out>/compare.csv and <out>/compare.md: one row per revision (the workspace, HEAD and
     its experiments; with `all_commits`, every commit and its experiments), the params that
-    differ between them, and LA's headline metrics."""
+    differ between them, and every model's headline numbers (the report's: kNN of fresh
+    features, best layer, conv5, transfer set, AP50). When some of the runs differ only in their
+    pretraining seeds (`localagg sweep seeds`), also write seeds.RECORD, which the report reads."""
     data, origin = exp_show(Path(params), exp_json, all_commits)
     runs, skipped = sweep_runs(data, origin)
     if not any(run.baseline for run in runs) and len([r for r in runs if r.rev != "workspace"]) < 2:
         raise UserError("no DVC experiments to compare: run some with `dvc exp run -S pretrain_la.num_clusters=100` "
-                        "(or commit several versions and add --all-commits), then `localagg report --compare`.")
-    names, labels, rows = comparison(runs, {name: metric.label for name, metric in SWEEP_METRICS.items()})
+                        "or `localagg sweep seeds 1 2` (or commit several versions and add --all-commits), then "
+                        "`localagg report --compare`.")
+    models = _sweep_models(runs)
+    metrics = {f"{model}_{name}": f"{label(model)}: {metric.label}" for name, metric in SWEEP_METRICS.items()
+               for model in models}
+    names, labels, rows = comparison(runs, metrics)
+    shown = len(names) - len([n for n in names if n in metrics])  # name, rev, baseline and the params
+    tables = [("Runs and the params that differ", labels[:shown], [row[:shown] for row in rows])]
+    for name, metric in SWEEP_METRICS.items():
+        cols = [i for i, n in enumerate(names) if n in metrics and n.endswith(f"_{name}") and n[:-len(name) - 1] in models]
+        if cols:
+            tables.append((metric.label, ["run", *(label(names[i][:-len(name) - 1]) for i in cols)],
+                           [[row[0] or row[1], *(row[i] for i in cols)] for row in rows]))
     notes = [f"Rows: every revision in {origin} (the workspace, commits and their experiments); `baseline` is the "
-             "commit an experiment started from. Columns: the params that differ between rows, then LA's headline "
-             "metrics, each the mean over the seed files found.",
+             "commit an experiment started from. Columns: the params that differ between rows, then each model's "
+             "headline numbers (the report's: kNN of fresh features, best layer, conv5, AP50 as the mean over the "
+             "detection seeds).",
              "Source: " + (origin if exp_json is None else f"`{exp_json}`") + "; metrics from "
-             + ", ".join(f"`{m.files}` ({'.'.join(m.keys)})" for m in SWEEP_METRICS.values()) + "."]
+             + ", ".join(dict.fromkeys(f"`{m.files}`" for m in SWEEP_METRICS.values())) + "."]
     if skipped:
         notes.append("Left out: " + "; ".join(skipped) + ".")
     out = Path(out)
+    written = []
+    sweep = seeds_mod.seed_runs(runs)
+    sections = [compare_seeds(sweep, models, origin)] if sweep else []  # (title, labels, rows)
+    if sweep:
+        write_json(seeds_mod.RECORD, seeds_mod.record(sweep, origin))
+        written.append(seeds_mod.RECORD)
     write_text(out / "compare.csv", compare_csv(names, rows))
-    write_text(out / "compare.md", compare_markdown(labels, rows, notes))
-    return [out / "compare.md", out / "compare.csv"]
+    write_text(out / "compare.md", compare_markdown(tables + sections, notes))
+    return [out / "compare.md", out / "compare.csv", *written]
+
+
+def compare_seeds(sweep: list[Run], models: list[str], origin: str) -> tuple[str, list[str], list[list[str]]]:
+    """compare.md's table of a pretraining-seed sweep: mean ± std of each headline number over
+    the seeds, per model."""
+    record = seeds_mod.record(sweep, origin)
+    rows = []
+    for name, metric in SWEEP_METRICS.items():
+        row = [metric.label]
+        for model in models:
+            found = seeds_mod.spread(record, f"{model}_{name}")
+            row.append("" if found is None else f"{found[0]:.2f} ± {found[1]:.2f}")
+        rows.append(row)
+    names = ", ".join(run.name or run.rev for run in sweep)
+    title = (f"Pretraining seeds\n\n{len(sweep)} runs differ only in {', '.join(f'`{k}`' for k in seeds_mod.SEED_KEYS)} "
+             f"({names}). Mean ± sample std over them: the spread a pretraining seed brings (the report's ± covers the "
+             f"readout seeds within one run). Written to `{seeds_mod.RECORD}`; `dvc repro report` says of each gap whether "
+             "it lies outside this noise.")
+    return title, ["number", *(label(m) for m in models)], rows

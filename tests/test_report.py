@@ -193,14 +193,25 @@ def test_results_md_says_not_comparable_why_and_shows_mean_std_n(toy_run):
     report.run(toy_run, out=Path("reports"))
     md = Path("reports/results.md").read_text()
     assert "NOT comparable with the paper's" in md and "`fashion_mnist`" in md and "`resnet18`" in md
+    # it opens with what this run shows: a row per model, then the gaps, with the pretraining noise unmeasured
+    assert md.index("## This run's models") < md.index("## The paper's table") < md.index("## Why not comparable")
+    assert ("| **LA** | Local Aggregation | resnet18 | IR 4 + LA 8 | 53.00 | 58.50 ± 0.71 (conv5) | 58.50 ± 0.71 | "
+            "63.50 ± 0.71 (conv5) | 60.00 |") in md
+    assert "| **raw pixels** | none (raw pixels) | — | — | 30.00 | 5.50 ± 0.71 | — | 10.50 ± 0.71 | — |" in md
+    assert "| LA − IR | +10.00 | +10.00 | +10.00 | +10.00 | +5.00 |" in md
+    assert "Pretraining noise: **not measured** for this run" in md
+    # the paper's table sets no Fashion-MNIST number in an ImageNet row: one line per benchmark
     headline = next(line for line in md.splitlines() if line.startswith("| ImageNet linear top-1, conv5, 10-crop"))
     cells = [c.strip() for c in headline.strip("|").split("|")]
-    assert cells[:2] == ["ImageNet linear top-1, conv5, 10-crop", "60.2"]
-    assert cells[2].startswith("59.50 ± 0.71 (n=2) (not comparable: resnet18 instead of resnet50; fashion_mnist "
-                               "instead of imagenet; 28 instead of 224 px; and ")
-    assert cells[3] == "" and cells[4] == "54.0" and cells[6] == ""
-    assert "IR 4 of 200 epochs" in md  # the paper's IR baseline trained 200 epochs
-    assert "IR + LA 4 + 8 of 10 + 190 epochs" in md
+    assert cells == ["ImageNet linear top-1, conv5, 10-crop", "60.2", "54.0",
+                     'not comparable (LA: 5 differences, IR: 5 differences; see "Why not comparable")']
+    # why not: one table, a row per key, a column per headline number (identical ones merged)
+    assert ("| key | paper | LA: ImageNet conv5 10-crop, ImageNet conv5 centre crop | IR: ImageNet conv5 10-crop | "
+            "LA: Places205 conv5 10-crop | IR: Places205 conv5 10-crop | LA: VOC07 AP50 | IR: VOC07 AP50 |") in md
+    assert "| pretraining epochs (IR + LA) | 10 + 190 | 4 + 8 |  | 4 + 8 |  | 4 + 8 |  |" in md
+    assert "| pretraining epochs (IR) | 200 |  | 4 |  | 4 |  | 4 |" in md  # the paper's IR baseline: 200 epochs
+    assert ("| readout dataset | (per column) | fashion_mnist (paper imagenet) | fashion_mnist (paper imagenet) | "
+            "mnist_5k (paper places205) | mnist_5k (paper places205) |  |  |") in md
     assert "readout epochs 10 instead of 70" not in md  # the fixture's readout follows the recipe
     for label in ("ImageNet linear top-1, conv5, centre crop", "Places205 linear top-1, conv5, 10-crop",
                   "VOC07 test detection AP50"):
@@ -273,10 +284,10 @@ def test_the_papers_whole_protocol_fills_the_differences(tmp_path, monkeypatch):
     }
     md = Path("reports/results.md").read_text()
     # la ImageNet conv5 10-crop: 50 + 8 + 1 = 59.0 against 60.2
-    assert "| ImageNet linear top-1, conv5, 10-crop | 60.2 | 59.00 | -1.20 | 54.0 | 49.00 (not comparable: " \
-           "IR 10 of 200 epochs) |  |" in md
-    assert f"| VOC07 test detection AP50 | 69.1 | 60.00 (not comparable: {DETECTOR_REASON}) |  | 65.4 | 55.00 " \
-           f"(not comparable: IR 10 of 200 epochs; {DETECTOR_REASON}) |  |" in md
+    assert ("| ImageNet linear top-1, conv5, 10-crop | 60.2 | 54.0 | LA 59.00 (-1.20 from the paper's); IR 49.00 "
+            "(not comparable: IR 10 of 200 epochs) |") in md
+    assert (f"| VOC07 test detection AP50 | 69.1 | 65.4 | LA 60.00 (not comparable: {DETECTOR_REASON}); IR 55.00 "
+            f"(not comparable: IR 10 of 200 epochs; {DETECTOR_REASON}) |") in md
     assert "Trained on VOC07 trainval (5,011 images), tested on VOC07 test (4,952 images)" in md
 
 
@@ -297,8 +308,8 @@ def test_community_voc07_12_training_is_not_subtracted_from_the_papers_voc07(tmp
     report.run(params, out=Path("reports"))
     assert rows_by_key(Path("reports/results.csv"))[("la", "detection", "voc07", "", "AP50")]["paper"] == ""
     md = Path("reports/results.md").read_text()
-    assert (f"| VOC07 test detection AP50 | 69.1 | 60.00 (not comparable: {DETECTOR_REASON}; trained on VOC07+12 "
-            "trainval instead of the paper's VOC07 trainval) |  |") in md
+    assert (f"| VOC07 test detection AP50 | 69.1 | 65.4 | LA 60.00 (not comparable: {DETECTOR_REASON}; trained on "
+            "VOC07+12 trainval instead of the paper's VOC07 trainval); IR") in md
     assert "Trained on VOC07+12 trainval" in md
 
 
@@ -426,24 +437,28 @@ def test_cli_missing_metrics_exits_2_with_one_line(toy_run):
 
 def test_compare_table_from_dvc_exp_show(tmp_path):
     written = report.compare(tmp_path / "params.yaml", exp_json=FIXTURE, out=tmp_path / "reports")
-    assert [p.name for p in written] == ["compare.md", "compare.csv"]
+    assert [p.name for p in written] == ["compare.md", "compare.csv"]  # no seed sweep: no seed record
     with (tmp_path / "reports" / "compare.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
+    # the params that differ, then every model's headline numbers (the report's: fresh-feature kNN)
     assert list(rows[0]) == ["name", "rev", "baseline", "pretrain_la.k", "pretrain_la.num_clusters",
-                             "pretrain_la.num_kmeans", "la_knn_top1", "la_object_best_top1",
-                             "la_transfer_best_top1", "la_detection_AP50"]
+                             "pretrain_la.num_kmeans", "ir_knn", "la_knn", "ir_object_best", "la_object_best",
+                             "ir_object_conv5", "la_object_conv5", "la_transfer_best", "la_AP50"]
     got = {(r["name"], r["rev"]): r for r in rows}
-    assert list(got) == [("workspace", "workspace"), ("main", "d97619d"), ("k512", "5be578a"),
-                         ("clusters100", "dec5f9e"), ("", "897deaf")]
-    assert got[("k512", "5be578a")] == {
-        "name": "k512", "rev": "5be578a", "baseline": "d97619d", "pretrain_la.k": "512",
-        "pretrain_la.num_clusters": "300", "pretrain_la.num_kmeans": "5", "la_knn_top1": "73",
-        "la_object_best_top1": "85.5", "la_transfer_best_top1": "90.5", "la_detection_AP50": "45"}
-    assert got[("clusters100", "dec5f9e")]["la_knn_top1"] == "71"
-    assert got[("", "897deaf")]["pretrain_la.num_clusters"] == "200"
+    assert list(got) == [("workspace", "workspace"), ("main", "b019b48"), ("k512", "b889b68"),
+                         ("clusters100", "ff40067"), ("", "c6edb3c")]
+    assert got[("k512", "b889b68")] == {
+        "name": "k512", "rev": "b889b68", "baseline": "b019b48", "pretrain_la.k": "512",
+        "pretrain_la.num_clusters": "300", "pretrain_la.num_kmeans": "5", "ir_knn": "66", "la_knn": "78",
+        "ir_object_best": "78", "la_object_best": "85.5", "ir_object_conv5": "77", "la_object_conv5": "84.5",
+        "la_transfer_best": "90.5", "la_AP50": "45"}
+    assert got[("clusters100", "ff40067")]["la_knn"] == "76"  # not the bank monitor's 71
+    assert got[("", "c6edb3c")]["pretrain_la.num_clusters"] == "200"
     md = (tmp_path / "reports" / "compare.md").read_text()
-    assert "| k512 | 5be578a | d97619d | 512 | 300 | 5 | 73.00 | 85.50 | 90.50 | 45.00 |" in md
-    assert "LA best layer top-1 (centre crop), object set" in md and "transfer.seeds" not in md
+    assert "| k512 | b889b68 | b019b48 | 512 | 300 | 5 |" in md
+    # one table per headline number, a column per model
+    assert "## best layer linear top-1 (centre crop), object set\n\n| run | IR | LA |" in md
+    assert "| k512 | 78.00 | 85.50 |" in md and "transfer.seeds" not in md
 
 
 def test_compare_without_experiments_or_outside_a_dvc_repo_is_a_user_error(tmp_path, monkeypatch):

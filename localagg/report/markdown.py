@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from . import comparability
+from . import comparability, seeds
 from .comparability import set_name
 from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, RECIPE, paper_value
 from .results import (KNN_LAYERS, LAYERS, PIXELS, PUBLISHED_CELLS, ROLES, Cell, Record, RunMetrics, Stat,
@@ -51,13 +51,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def brace_paths(paths) -> list[str]:
     """Paths in shell brace notation where exact: [a-seed0.json, b-seed0.json] -> [{a,b}-seed0.json].
 
-    Paths with the same separators (- / . _) form a group; a group is written as one pattern
-    when the pattern's expansion is exactly the group, otherwise path by path.
+    Paths in the same folder with the same separators (- / . _) form a group; a group is written
+    as one pattern when the pattern's expansion is exactly the group, otherwise path by path.
     """
     groups: dict[tuple, list[list[str]]] = {}
     for path in dict.fromkeys(paths):
         parts = re.split(r"([-/._])", path)
-        groups.setdefault(tuple(parts[1::2]), []).append(parts)
+        groups.setdefault((tuple(parts[1::2]), path.rpartition("/")[0]), []).append(parts)
     out = []
     for group in groups.values():
         columns = [list(dict.fromkeys(col)) for col in zip(*group)]
@@ -93,28 +93,28 @@ def statement(idents: dict[str, tuple[str, str]], prepare: Record, ix: dict[tupl
     text = (f"This run used: {used}; backbone `{arches}`. The paper used ImageNet (object), Places205 "
             f"(transfer) and PASCAL VOC07 (detection) with {PAPER_ARCH}.")
     rows = _headline_cells(ix)
-    comparable = [label for label, cell in rows if cell is not None and cell.published is not None
-                  and not cell.differences]
+    comparable = [f"{bench} ({model.upper()})" for bench, model, cell in rows
+                  if cell is not None and cell.published is not None and not cell.differences]
     if rows and len(comparable) == len(rows):
         return text + (" Every headline number was produced with the paper's whole protocol (datasets and their "
                        "sizes, architecture, crop, epochs, readout and detection recipes) and is set against the "
                        "paper's; the remaining differences from the authors' code are listed under Deviations.")
     text += ("\n\n**Its numbers are NOT comparable with the paper's** except where a row says so: a number is "
              "compared only when the whole protocol that produced it (datasets and their sizes, architecture, crop, "
-             "epochs of each pretraining stage, readout and detection recipes) is the paper's. Each headline cell "
-             "says what differs; the full lists are under \"Why not comparable\".")
+             "epochs of each pretraining stage, readout and detection recipes) is the paper's; \"Why not "
+             "comparable\" lists what differs.")
     if comparable:
         text += " Comparable: " + ", ".join(comparable) + "."
     return text
 
 
-def _headline_cells(ix: dict[tuple, Cell]) -> list[tuple[str, Cell | None]]:
-    """(row label + model, cell) for the LA and IR cells of every headline row the paper has a number for."""
+def _headline_cells(ix: dict[tuple, Cell]) -> list[tuple[str, str, Cell | None]]:
+    """(row label, model, cell) for the LA and IR cells of every headline row the paper has a number for."""
     out = []
     for bench, role, task, layer, metric in HEADLINE:
         for model in ("la", "ir"):
             if paper_value(model, role, task, layer, metric) is not None:
-                out.append((f"{bench} ({model.upper()})", ix.get((model, task, role, layer, metric))))
+                out.append((bench, model, ix.get((model, task, role, layer, metric))))
     return out
 
 
@@ -132,45 +132,166 @@ def _reasons(differences) -> str:
     return f"not comparable: {shown}{f'; and {more} more' if more > 0 else ''}"
 
 
+METHODS = {"la": "Local Aggregation", "ir": "Instance Recognition", "random": "none (untrained)",
+           "supervised": "supervised (labels)", PIXELS: "none (raw pixels)"}
+# the zoo's numbers: (column, seeds.py metric name, how a model's cell is found)
+ZOO_COLUMNS = ("kNN", "best layer", "conv5", "transfer: best layer", "detection AP50")
+ZOO_METRICS = ("knn", "object_best", "object_conv5", "transfer_best", "AP50")  # stages.report.SWEEP_METRICS keys
+GAPS = (("la", "ir"), ("la", "random"), ("supervised", "la"))
+OBJECTIVES = {"ir": "IR", "la": "LA", "supervised": "supervised"}  # a provenance stage's name in the zoo
+
+
+def _epochs(m: RunMetrics, model: str) -> str:
+    """'IR 4 + LA 6' from the model's provenance (the stages that built it); an imported model's entry."""
+    if model == PIXELS:
+        return "—"
+    if model in m.imported:
+        epochs = (m.imported[model].get("entry", optional=True) or {}).get("epochs")
+        return f"{epochs:,}" if isinstance(epochs, int) else "—"
+    provenance = m.transfer[(model, "object")][0].get("provenance", optional=True) or []
+    return " + ".join(f"{OBJECTIVES.get(s.get('objective'), s.get('objective'))} {s.get('epochs_done')}"
+                      for s in provenance if s.get("objective") != "random") or "0"
+
+
+def _zoo_cells(cells: list[Cell], ix: dict[tuple, Cell], model: str) -> list[Cell | None]:
+    """The model's cells of ZOO_COLUMNS (best layers chosen as the baselines table does)."""
+    knn_layer = PIXELS if model == PIXELS else "embedding"
+    return [ix.get((model, "knn", "object", knn_layer, "top1")), best_layer(cells, model, "object"),
+            ix.get((model, "linear", "object", "conv5", "top1")), best_layer(cells, model, "transfer"),
+            ix.get((model, "detection", "detection", "", "AP50"))]
+
+
+def zoo(m: RunMetrics, cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[str, str]]) -> str:
+    """What this run shows, model-zoo style: a row per model (method, backbone, pretraining
+    epochs, its headline numbers), then the gaps between LA and its neighbours, each said to be
+    within or outside the pretraining-seed noise where a seed sweep measured it (seeds.py)."""
+    models = baseline_order(models_in(cells) + (PIXELS,))
+    rows, sources, found = [], [], {}
+    for model in models:
+        zc = _zoo_cells(cells, ix, model)
+        found[model] = zc
+        sources += [p for c in zc if c is not None for p in c.sources]
+        texts = [fmt(c.stat) + (f" ({c.layer})" if i in (1, 3) and c.layer != PIXELS else "") if c else "—"
+                 for i, c in enumerate(zc)]
+        method = METHODS.get(model) or str((m.imported[model].get("entry", optional=True) or {}).get("method")
+                                           or "imported")
+        arch = "—" if model == PIXELS else (zc[2] or zc[1]).arch if (zc[2] or zc[1]) else "—"
+        rows.append([f"**{label(model)}**", method, arch, _epochs(m, model), *texts])
+    obj, trans = idents["object"][0], idents["transfer"][0]
+    n = max(c.stat.n for c in cells if c.task == "linear")
+    text = ("## This run's models\n\n"
+            f"kNN (top-1 of the embedding), best layer and conv5 (linear top-1, centre crop) on the object set "
+            f"`{obj}`; the best layer on the transfer set `{trans}`; detection AP50 on `{idents['detection'][0]}`. "
+            f"Mean ± sample std over the {n} readout seed(s): the ± does not cover pretraining seeds.\n\n"
+            + table(["model", "method", "backbone", "pretraining epochs", *ZOO_COLUMNS], rows) + "\n\n"
+            + source_line(sources))
+    sweep = m.seed_sweep.data if m.seed_sweep is not None else None
+    gap_rows = []
+    for a, b in GAPS:
+        if a not in found or b not in found:
+            continue
+        row = [f"{label(a)} − {label(b)}"]
+        for name, ca, cb in zip(ZOO_METRICS, found[a], found[b]):
+            if ca is None or cb is None:
+                row.append("—")
+                continue
+            gap = ca.stat.mean - cb.stat.mean
+            noise = seeds.gap_noise(sweep, f"{a}_{name}", f"{b}_{name}") if sweep else None
+            row.append(f"{gap:+.2f}" + (f" ({seeds.verdict(gap, noise)})" if sweep else ""))
+        gap_rows.append(row)
+    if sweep:
+        how = (f"Pretraining noise: the sample std of each gap over the {len(sweep.get('runs', []))} runs of the "
+               f"pretraining-seed sweep in `{m.seed_sweep.path}` (`localagg sweep seeds`); a gap is outside it when "
+               f"it exceeds {seeds.OUTSIDE:g} standard deviations.")
+    else:
+        how = ("Pretraining noise: **not measured** for this run (its pretraining ran one seed), so none of these "
+               "gaps is shown to exceed it, and the readout-seed ± does not bound it. Measure it: `localagg sweep "
+               "seeds 1 2`, then `localagg report --compare` and `dvc repro report`; each gap then says whether it "
+               "lies within or outside that noise.")
+    return text + "\n\nGaps (differences of the means):\n\n" + table(["gap", *ZOO_COLUMNS], gap_rows) + "\n\n" + how
+
+
+def _column(bench: str, model: str) -> str:
+    """A headline cell's short name: 'LA, ImageNet conv5 centre crop'."""
+    short = bench.replace(" linear top-1,", "").replace(", ", " ").replace("VOC07 test detection ", "VOC07 ")
+    return f"{model.upper()}, {short}"
+
+
 def headline(ix: dict[tuple, Cell]) -> str:
-    """The paper's headline table: paper LA/IR, this run's LA/IR and, where comparable, their differences."""
+    """The paper's headline table, one line per benchmark: the paper's LA and IR numbers and, for
+    this run, each comparable number with its difference from the paper's; a number measured
+    under another protocol is shown with what differs only where its dataset is the benchmark's
+    (elsewhere it is another quantity: the tables below have it), else the count of differences."""
     rows, sources = [], []
     for bench, role, task, layer, metric in HEADLINE:
-        row = [bench]
+        ours = []
         for model in ("la", "ir"):
             paper = paper_value(model, role, task, layer, metric)
             cell = ix.get((model, task, role, layer, metric))
-            missing = "not measured (ten_crop: false)" if metric.endswith("10crop") else "n/a"
-            ours, diff = fmt(cell.stat if cell else None, with_n=True, missing=missing), ""
-            if cell is not None:
-                sources += cell.sources
-                if paper is not None and cell.differences:
-                    ours += _not_comparable(cell)
-                elif paper is not None:
-                    diff = f"{cell.stat.mean - paper:+.2f}"
-            row += [_paper(paper), ours, diff]
-        rows.append(row)
-    header = ["benchmark (paper, ResNet-50)", "paper LA", "this run LA", "LA − paper", "paper IR", "this run IR",
-              "IR − paper"]
-    return "## Headline: the paper's table\n\n" + table(header, rows) + "\n\n" + source_line(sources)
+            if paper is None:
+                continue
+            if cell is None:
+                ours.append(f"{model.upper()} not measured" + (" (ten_crop: false)" if metric.endswith("10crop") else ""))
+                continue
+            sources += cell.sources
+            value = fmt(cell.stat, with_n=True)
+            if not cell.differences:
+                ours.append(f"{model.upper()} {value} ({cell.stat.mean - paper:+.2f} from the paper's)")
+            elif not any(d.key.endswith("dataset") for d in cell.differences):
+                ours.append(f"{model.upper()} {value} ({_reasons(cell.differences)})")
+            else:
+                ours.append((model.upper(), len(cell.differences)))
+        counted = [o for o in ours if isinstance(o, tuple)]
+        said = [o for o in ours if isinstance(o, str)]
+        if counted:
+            said.append("not comparable (" + ", ".join(f"{name}: {n} differences" for name, n in counted)
+                        + "; see \"Why not comparable\")")
+        rows.append([bench, _paper(paper_value("la", role, task, layer, metric)),
+                     _paper(paper_value("ir", role, task, layer, metric)), "; ".join(said)])
+    return ("## The paper's table\n\nThe paper's ResNet-50 numbers. This run's number stands beside one only where "
+            "it measured the same benchmark; its difference from the paper's is given only where the whole protocol "
+            "was the paper's.\n\n" + table(["benchmark (paper, ResNet-50)", "paper LA", "paper IR", "this run"], rows)
+            + "\n\n" + source_line(sources))
 
 
 def why_not(ix: dict[tuple, Cell]) -> str:
-    """Every difference from the paper's protocol, per headline number (empty when all are comparable)."""
-    parts = []
-    for bench, cell in _headline_cells(ix):
+    """Every difference from the paper's protocol as one table: a row per key, a column per
+    headline number (its value in this run where it differs; blank where it is the paper's)."""
+    merged: dict[tuple, tuple[str, list[str], Cell]] = {}  # headline numbers with the same differences: one column
+    for bench, model, cell in _headline_cells(ix):
         if cell is not None and cell.differences:
-            parts.append(f"- **{bench}**: " + "; ".join(cell.differences) + ".")
-    if not parts:
+            key = (model, tuple((d.key, d.found, d.paper) for d in cell.differences))
+            merged.setdefault(key, (model, [], cell))[1].append(_column(bench, model).split(", ", 1)[1])
+    columns = [(f"{model.upper()}: {', '.join(benches)}", cell) for model, benches, cell in merged.values()]
+    if not columns:
         return ""
-    return ("## Why not comparable\n\nWhat differs from the paper's protocol (paper.RECIPE and the datasets' "
-            "released sizes), read from the records' `protocol` and `provenance`:\n\n" + "\n".join(parts))
+    found: dict[str, dict[int, str]] = {}
+    papers: dict[str, set[str]] = {}
+    for i, (_, cell) in enumerate(columns):
+        for d in cell.differences:
+            found.setdefault(d.key, {})[i] = d.found
+            papers.setdefault(d.key, set()).add(d.paper)
+    rows = []
+    for key, values in found.items():
+        paper = next(iter(papers[key])) if len(papers[key]) == 1 else None
+        row = [f"`{key}`" if "." in key else key, paper if paper is not None else "(per column)"]
+        for i, (_, cell) in enumerate(columns):
+            if i not in values:
+                row.append("")
+                continue
+            theirs = next(d.paper for d in cell.differences if d.key == key)
+            row.append(values[i] if paper is not None else f"{values[i]} (paper {theirs})")
+        rows.append(row)
+    return ("## Why not comparable\n\nWhat differs from the paper's protocol (paper.RECIPE and the datasets' released "
+            "sizes), read from the records' `protocol` and `provenance`: one row per key, this run's value in each "
+            "headline number's column where it differs (blank: the paper's value).\n\n"
+            + table(["key", "paper", *(name for name, _ in columns)], rows))
 
 
 def deviations(ix: dict[tuple, Cell]) -> str:
     """What departs from the authors' code even with the paper's whole recipe; the opening says
     whether this run had that recipe (every headline number comparable) or not."""
-    rows = [cell for _, cell in _headline_cells(ix)]
+    rows = [cell for _, _, cell in _headline_cells(ix)]
     if rows and all(cell is not None and not cell.differences for cell in rows):
         opening = ("This run used every key of the paper's recipe (`localagg preset apply paper-resnet50`); these "
                    "differences from the authors' code remain:")
@@ -518,8 +639,8 @@ def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str], facts: dict[s
     """The whole results.md. `figs` maps readout, pretraining, detection to paths relative to it."""
     ix = {c.key: c for c in cells}
     idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
-    parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), HOW_TO_READ,
-             headline(ix), baselines(cells, ix, idents), why_not(ix), readout(ix, idents, m), knn(ix, idents, m),
+    parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), zoo(m, cells, ix, idents),
+             headline(ix), why_not(ix), HOW_TO_READ, baselines(cells, ix, idents), readout(ix, idents, m), knn(ix, idents, m),
              detection(ix, idents["detection"], m), imported(m, cells, ix), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix, facts),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -114,6 +114,7 @@ class RunMetrics:
     detection: dict[str, list[Record]]             # model -> one record per seed
     curves: dict[str, dict[str, list[tuple[float, float]]]]  # ir, la, supervised -> loss/knn_top1 -> [(epoch, value)]
     imported: dict[str, Record] = field(default_factory=dict)  # external entry -> its import record
+    seed_sweep: Record | None = None  # a pretraining-seed sweep's runs (seeds.RECORD), when one was measured
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -161,7 +162,7 @@ class Cell:
     metric: str
     stat: Stat
     sources: tuple[str, ...]
-    differences: tuple[str, ...] = ()  # how its protocol differs from the paper's (comparability.py)
+    differences: tuple[comparability.Difference, ...] = ()  # how its protocol differs from the paper's
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:

@@ -79,8 +79,12 @@ def compare_csv(names: list[str], rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
-def compare_markdown(labels: list[str], rows: list[list[Any]], notes: list[str]) -> str:
-    """compare.md: the same table, metrics with 2 decimals, followed by `notes` (sources, skipped runs)."""
-    lines = ["| " + " | ".join(labels) + " |", "|" + " --- |" * len(labels)]
-    lines += ["| " + " | ".join(_text(v, 2) for v in row) + " |" for row in rows]
-    return "# Comparison across runs\n\n" + "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+def compare_markdown(tables: list[tuple[str, list[str], list[list[Any]]]], notes: list[str]) -> str:
+    """compare.md: each (title, labels, rows) as a section (a title's first line is its heading,
+    the rest its text), metrics with 2 decimals, followed by `notes` (sources, skipped runs)."""
+    parts = ["# Comparison across runs"]
+    for title, labels, rows in tables:
+        lines = ["| " + " | ".join(labels) + " |", "|" + " --- |" * len(labels)]
+        lines += ["| " + " | ".join(_text(v, 2) for v in row) + " |" for row in rows]
+        parts.append(f"## {title}\n\n" + "\n".join(lines))
+    return "\n\n".join(parts + notes) + "\n"
