@@ -99,12 +99,15 @@ class DvcLiveLogger:
     """Curves to dvclive (rank 0 only): plots under <live_dir>/plots/metrics, one TSV per key.
 
     `log_epoch(step, metrics)` (pretraining, readout: per epoch) and `log_step` (detection:
-    per logging period) record `metrics` at x = step. The dvclive run opens at the first
-    record, so a logger can be pickled into worker processes before it is used.
+    per logging period) record `metrics` at x = step_offset + step, the TSVs' step column
+    (what `dvc plots` draws as x). `step_offset` lets a training that continues another one
+    continue its curves: LA logs at IR's epochs + its own epoch. The dvclive run opens at the
+    first record, so a logger can be pickled into worker processes before it is used.
     """
 
-    def __init__(self, live_dir: Path):
+    def __init__(self, live_dir: Path, step_offset: int = 0):
         self.live_dir = Path(live_dir)
+        self.step_offset = step_offset
         self.live = None
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -112,7 +115,7 @@ class DvcLiveLogger:
             from dvclive import Live
 
             self.live = Live(dir=str(self.live_dir), resume=False, save_dvc_exp=False, dvcyaml=None, report=None)
-        self.live.step = epoch
+        self.live.step = self.step_offset + epoch
         for key, value in metrics.items():
             self.live.log_metric(key, float(value), plot=True)
         self.live.next_step()

@@ -8,7 +8,8 @@ Each reads the `model` and `augment` sections and its own (`pretrain_ia` / `pret
     models/<name>.pt               final weights + memory bank for the next stages, named by
                                    model: ir, la, supervised (and random, from `random_init`)
     metrics/<stage>.json           summary (final kNN top-1, loss, cluster statistics)
-    dvclive/<stage>/               per-epoch curves (loss, kNN, lr, img/s, clustering)
+    dvclive/<stage>/               per-epoch curves (loss, kNN, lr, img/s, clustering); LA's
+                                   steps continue IR's (curve_offset)
 
 Each stage is one method object of localagg.training.methods run by the one loop
 (localagg.training.loop.Trainer). With `num_processes` > 1 the command relaunches itself
@@ -78,7 +79,8 @@ def run(stage: str, params: Path) -> dict:
     dispatch(stage, [stage.replace("_", "-")], params, cfg.num_processes, f"{stage}.num_processes")
     trainer = Trainer(method_of(stage, cfg), model_cfg, aug, OBJECT_DIR, p["checkpoints"], val_dir=OBJECT_DIR,
                       init_from=init_from)
-    logger = DvcLiveLogger(p["live"]) if trainer.dist.is_main else None
+    offset = curve_offset(trainer.parent_provenance)
+    logger = DvcLiveLogger(p["live"], step_offset=offset) if trainer.dist.is_main else None
     trainer.logger = logger
     with measure_cost() as cost, exit_at_once_if_a_rank_fails(trainer.dist):
         result = trainer.run()
@@ -94,6 +96,13 @@ def run(stage: str, params: Path) -> dict:
         write_results(p["metrics"], record, {k: round(summary[v], 4) for k, v in HEADLINE.items() if v in summary})
         logger.close()
     return result.summary
+
+
+def curve_offset(parent_provenance: list[dict]) -> int:
+    """Where a warm-started training's dvclive curves start: after the epochs of the model it
+    starts from (LA: IR's `epochs_done`), so that `dvc plots` draws IR then LA as one training;
+    0 for a training from scratch. Its record keeps its own epochs (1, 2, ...)."""
+    return int(parent_provenance[-1].get("epochs_done") or 0) if parent_provenance else 0
 
 
 def supervised_augment(params: Path, aug, cfg):
