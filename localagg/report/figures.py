@@ -36,7 +36,7 @@ COLORS = {"la": "tab:red", "ir": "tab:blue", "random": "tab:gray", "supervised":
 IMPORTED_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 WIDTH = 8.8    # inches: the widest figure (a page)
 DPI = 150      # a WIDTH-wide PNG is 1,320 px, sharp when a browser shows it 880 px wide
-MIN_FONT = 8   # pt: the smallest text of any figure (thumbnail labels, the detector's box labels)
+MIN_FONT = 8   # pt: the smallest text of any figure (the detector's box labels; tick and gallery labels: 9 pt)
 FONTS = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
          "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 12}
 CROPS = {"top1": ("-", "centre crop"), "top1_10crop": ("--", "10-crop")}  # readout line style and its name
