@@ -157,3 +157,19 @@ def test_the_check_flags_a_wide_row_of_small_text_and_a_legend_outside_the_figur
     assert "'0.0' at 9.0 pt is 6." in found[0]  # a tick label: 9 pt * 150 / 72 * 880 / ~2,600 px
     assert found[1:] == ["wide.png: text 'LA' reaches outside the figure",
                          "wide.png: legend ['LA'] reaches outside the figure"]
+
+
+def test_a_thousand_classes_show_the_lowest_and_highest_in_two_panels(drawn, tmp_path, monkeypatch):
+    """ImageNet's 1,000 classes would be 100 stacked panels: the figure keeps one page."""
+    classes = [f"class {i}" for i in range(1000)]
+    values = np.linspace(1, 99, 1000)[::-1]  # class 0 highest, class 999 lowest
+    saved, save = {}, figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.setdefault("fig", fig) and save(fig, path))
+    figures.per_class_figure({m: ("conv5", values.tolist()) for m in ("la", "ir")}, classes, "imagenet",
+                             tmp_path / "per_class.png")
+    axes = saved["fig"].get_axes()
+    assert len(axes) == 2
+    assert [t.get_text() for t in axes[0].get_xticklabels()][0] == "class 999"   # the lowest first
+    assert [t.get_text() for t in axes[1].get_xticklabels()][-1] == "class 0"    # the highest last
+    assert "10 lowest (top) and 10 highest of 1,000 classes" in saved["fig"]._suptitle.get_text()
+    assert problems(tmp_path / "per_class.png", drawn["per_class.png"]) == []

@@ -235,6 +235,7 @@ def detection_figure(cells: list[Cell], path: Path) -> Path:
 
 
 PER_CLASS_PANEL = 10  # classes per panel of the per-class figure
+PER_CLASS_SHOWN = 3   # panels at most: beyond 30 classes (ImageNet's 1,000) the lowest and highest by the models' mean
 
 
 def per_class_figure(per_class: dict[str, tuple[str, list[float]]], classes: Sequence[str], dataset: str,
@@ -244,8 +245,15 @@ def per_class_figure(per_class: dict[str, tuple[str, list[float]]], classes: Seq
     layer, [top-1 per class])."""
     plt = _plt()
     models = _ordered(per_class)
-    values = np.array([per_class[m][1] for m in models])
-    chunks = [list(range(i, min(i + PER_CLASS_PANEL, len(classes)))) for i in range(0, len(classes), PER_CLASS_PANEL)]
+    values = np.array([per_class[m][1] for m in models])  # (models, classes)
+    title = f"linear readout top-1 per class (%), best layer, {dataset}"
+    if len(classes) > PER_CLASS_PANEL * PER_CLASS_SHOWN:  # a page holds 3 panels: the extremes of the mean
+        order = np.argsort(values.mean(axis=0), kind="stable").tolist()
+        chunks = [order[:PER_CLASS_PANEL], order[-PER_CLASS_PANEL:]]
+        title += (f"\nthe {PER_CLASS_PANEL} lowest (top) and {PER_CLASS_PANEL} highest of {len(classes):,} classes "
+                  "by the models' mean")
+    else:
+        chunks = [list(range(i, min(i + PER_CLASS_PANEL, len(classes)))) for i in range(0, len(classes), PER_CLASS_PANEL)]
     fig, axes = plt.subplots(len(chunks), 1, figsize=(WIDTH, 0.5 + (1.2 + 0.42 * len(models)) * len(chunks)),
                              squeeze=False, layout="constrained")
     for ax, chunk in zip(axes[:, 0], chunks):
@@ -257,7 +265,7 @@ def per_class_figure(per_class: dict[str, tuple[str, list[float]]], classes: Seq
         ax.set_yticks(range(len(models)), [f"{name_of(m)} ({per_class[m][0]})" for m in models])
         if len(chunks) > 1:  # every panel's cells as wide as the first's
             ax.set_xlim(-0.5, PER_CLASS_PANEL - 0.5)
-    fig.suptitle(f"linear readout top-1 per class (%), best layer, {dataset}")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
