@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -306,6 +308,33 @@ def test_a_few_iterations_train_log_losses_resume_and_report_finite_voc_aps(tiny
     assert [i for i, m in recorder.steps if "total_loss" in m] == [6]
     assert sorted(p.name for p in out.glob("*.pth")) == ["checkpoint.pth"]
     assert train_detector(_tiny_cfg(train, test, out, 6), None, resume=True) == longer
+
+
+def test_training_logs_an_iteration_line_whenever_a_minute_passed(tiny_voc, tmp_path, monkeypatch, caplog):
+    """log_period 100 over 3 iterations: a fake clock of 61 s an iteration logs iterations 1
+    and 2 (the window's running means so far) before the last one's window line."""
+    from localagg import progress
+
+    class Clock61:
+        t = 0.0
+
+        def __call__(self):
+            self.t += progress.HEARTBEAT_SECONDS + 1
+            return self.t
+
+    _, manifest = tiny_voc
+    train, test = register_voc_manifest(manifest, "beat")
+    monkeypatch.setattr(progress, "clock", Clock61())
+    caplog.set_level(logging.INFO, logger="localagg")
+    cfg = _tiny_cfg(train, test, tmp_path / "out", 3)
+    cfg.defrost()
+    cfg.TEST.PRECISE_BN.ENABLED = False
+    train_detector(cfg, None, log_period=100)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("detection iteration ")]
+    assert [line.split(":")[0] for line in lines] == [f"detection iteration {i}/3" for i in (1, 2, 3)], lines
+    for line in lines:
+        assert re.fullmatch(r"detection iteration \d/3: total_loss [\d.]+ \(loss_cls [\d.]+, .*\), lr [\d.e-]+, "
+                            r"[\d,.]+ img/s, elapsed \S+, ETA \S+", line), line
 
 
 # --------------------------------------------------------------------------- VOC07 AP

@@ -55,7 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import UserError
 from ..io import read_json, write_json
 from ..process import die_with_parent
-from ..progress import Clock, track
+from ..progress import Clock, Heartbeat, bars_shown, track
 from ..runtime import checkpoint as ckpt
 from ..runtime.signals import StopSignals, exit_code, stopped_by
 from . import config as _config  # noqa: F401  (registers LocalAggRes5ROIHeads for build_model)
@@ -143,7 +143,9 @@ def train_detector(
     `logger.log_step` gets, every `log_period` iterations and at the last, the mean
     total_loss and loss components over those iterations and the lr; and the APs of every
     test. Runs in every process of a `launch`; only rank 0 logs, saves and returns the APs
-    (other ranks return {}). Rank 0 also writes them to OUTPUT_DIR/test_metrics.json.
+    (other ranks return {}). Rank 0 also writes them to OUTPUT_DIR/test_metrics.json. Its log
+    has a line per `log_period` window and, without a progress bar, one at the first
+    iteration after progress.HEARTBEAT_SECONDS without a line (its running window means).
     """
     if len(cfg.DATASETS.TEST) != 1:
         raise UserError(f"detection tests on one VOC test set; got {len(cfg.DATASETS.TEST)}: {list(cfg.DATASETS.TEST)}.")
@@ -177,6 +179,7 @@ def train_detector(
     window: dict[str, torch.Tensor] = {}
     steps_in_window = 0
     clock = Clock(done=start_iter, total=max_iter)
+    heartbeat = Heartbeat(enabled=comm.is_main_process() and not bars_shown())  # a line a minute without a bar
     model.train()
     agree = _max_over_ranks if world > 1 else None
     with EventStorage(start_iter) as storage, StopSignals(agree, 1, _comm_device(cfg)) as stop:
@@ -203,16 +206,18 @@ def train_detector(
                 window[k] = window.get(k, 0.0) + v.detach()
             steps_in_window += 1
             last = iteration == max_iter - 1
-            if (iteration + 1) % log_period == 0 or last:
+            periodic = (iteration + 1) % log_period == 0 or last
+            if heartbeat.due(periodic) and not periodic:  # rank 0's running means of the window so far
+                record = {k: float(v) / steps_in_window for k, v in window.items()}
+                _log_iteration(iteration + 1, max_iter, record, lr, clock, cfg.SOLVER.IMS_PER_BATCH)
+            if periodic:
                 means = {k: v / steps_in_window for k, v in comm.reduce_dict(window).items()}  # all ranks
                 if comm.is_main_process():
                     record = {k: float(v) for k, v in means.items()}
                     total = sum(record.values())
                     if logger is not None:
                         logger.log_step(iteration + 1, {"total_loss": total, **record, "lr": lr})
-                    log.info("detection iteration %s/%s: total_loss %.3f (%s), lr %g, %s", f"{iteration + 1:,}",
-                             f"{max_iter:,}", total, ", ".join(f"{k} {v:.3f}" for k, v in record.items()), lr,
-                             clock.text(iteration + 1))
+                    _log_iteration(iteration + 1, max_iter, record, lr, clock, cfg.SOLVER.IMS_PER_BATCH)
                 window, steps_in_window = {}, 0
                 signum = 0 if last else stop.requested(iteration + 1)  # every rank ends the same window
                 if signum:
@@ -239,6 +244,16 @@ def train_detector(
         write_json(Path(cfg.OUTPUT_DIR) / EXAMPLES, predict_examples(cfg, _unwrap(model)))
         write_json(Path(cfg.OUTPUT_DIR) / TEST_METRICS, aps)
     return aps
+
+
+def _log_iteration(done: int, max_iter: int, losses: dict[str, float], lr: float, clock: Clock,
+                   images_per_batch: int) -> None:
+    """'detection iteration 40/100: total_loss 1.234 (loss_cls 0.5, ...), lr 0.02, 9 img/s, elapsed .., ETA ..'
+    (img/s: the global batches since this run started)."""
+    rate = images_per_batch * (done - clock.first) / max(clock.elapsed(), 1e-9)
+    log.info("detection iteration %s/%s: total_loss %.3f (%s), lr %g, %s img/s, %s", f"{done:,}", f"{max_iter:,}",
+             sum(losses.values()), ", ".join(f"{k} {v:.3f}" for k, v in losses.items()), lr, f"{rate:,.1f}",
+             clock.text(done))
 
 
 @torch.no_grad()

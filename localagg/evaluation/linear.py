@@ -59,6 +59,7 @@ float64.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterable, Iterator, Protocol
 
 import torch
@@ -69,7 +70,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import augment
 from ..data.augment import AugmentSpec, step_generator
 from ..models.backbone import PIXELS, EmbeddingNet
-from ..progress import Clock, track
+from ..progress import Clock, Heartbeat, bars_shown, track
 from ..runtime.distributed import DistInfo, all_reduce_sum, pick_device, shard
 from .crops import center_crop, random_crop, resize_shorter, ten_crop
 from .heads import LayerReadout
@@ -256,7 +257,9 @@ class _Readout:
     def train(self, train_ds: Dataset, logger: EpochLogger | None,
               cached: dict[str, torch.Tensor] | None = None, seed: int | None = None) -> list[dict[str, float]]:
         """SGD on the heads: over `cached` pooled features when given, else over (augmented) images.
-        `seed` (default cfg.seed) draws the order of the images and their augmentation."""
+        `seed` (default cfg.seed) draws the order of the images and their augmentation. Rank 0
+        logs the losses every epochs/5 epochs and, without a progress bar, a step line at the
+        first step after progress.HEARTBEAT_SECONDS without a line."""
         cfg = self.cfg
         seed = cfg.seed if seed is None else seed
         labels_all = train_ds.labels
@@ -264,6 +267,7 @@ class _Readout:
         history = []
         n = len(train_ds)
         clock = Clock(total=cfg.epochs)
+        heartbeat = Heartbeat(enabled=self.dist.is_main and not bars_shown())  # a line a minute without a bar
         world, rank = self.dist.world_size, self.dist.rank
         for epoch in range(cfg.epochs):
             lr = cfg.lr_at(epoch)
@@ -279,6 +283,7 @@ class _Readout:
                 mine = [b[(b >= start) & (b < stop)] for b in global_batches]
                 source = ((None, labels_all[idx], idx) for idx in mine)
             loss_sums = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in cfg.layers}
+            mine_seen, images_seen, t0 = 0, 0, time.perf_counter()  # this rank's images, the global batches'
             for step, (images, labels, idx) in enumerate(track(source, f"readout epoch {epoch + 1}/{cfg.epochs}",
                                                                total=len(global_batches), enabled=self.dist.is_main)):
                 batch = len(global_batches[step])
@@ -295,6 +300,13 @@ class _Readout:
                         loss_sums[k] += total
                 self._add_gradients_over_ranks()
                 opt.step()
+                mine_seen, images_seen = mine_seen + idx.numel(), images_seen + batch
+                if heartbeat.due():  # the running mean losses of this rank's images so far
+                    running = ", ".join(f"loss_{k} {v.item() / max(mine_seen, 1):.3f}" for k, v in loss_sums.items())
+                    log.info("readout seed %d epoch %d/%d, step %s/%s: %s, lr %g, %s img/s, %s", seed, epoch + 1,
+                             cfg.epochs, f"{step + 1:,}", f"{len(global_batches):,}", running, lr,
+                             f"{images_seen / max(time.perf_counter() - t0, 1e-9):,.0f}",
+                             clock.text(epoch + (step + 1) / len(global_batches)))
             metrics = {f"loss_{k}": all_reduce_sum(v).item() / n for k, v in loss_sums.items()}
             metrics["lr"] = lr
             history.append({"epoch": epoch + 1, **metrics})
@@ -304,6 +316,7 @@ class _Readout:
                 losses = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("loss_"))
                 log.info("readout seed %d epoch %d/%d: %s, lr %g, %s", seed, epoch + 1, cfg.epochs, losses, lr,
                          clock.text(epoch + 1))
+                heartbeat.printed()
         return history
 
     # ------------------------------------------------------------------ evaluation

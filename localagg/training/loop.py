@@ -14,6 +14,10 @@ continues exactly where an uninterrupted one would be. Checkpoints (model, optim
 method's state, position, history) are written atomically at every epoch end and every
 `checkpoint_every_steps` steps; one is resumed only by a run of the same identity (method,
 config, model, augmentation, data and warm start).
+
+Rank 0 logs a line per epoch (loss, lr, img/s, kNN), one every `log_every_steps` steps (default: a tenth of an epoch of 200 steps or
+more), and, without a progress bar, one at the first step after progress.HEARTBEAT_SECONDS
+without a line (step i/n of the epoch, running loss, img/s, elapsed, ETA).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from ..io import file_sha256
 from ..models.backbone import EmbeddingNet, build_model, check_meta
 from ..models.batchnorm import set_bn_groups, set_sync_bn
 from ..models.config import ModelConfig
-from ..progress import Clock, duration, track
+from ..progress import Clock, Heartbeat, bars_shown, duration, track
 from ..runtime import checkpoint as ckpt
 from ..runtime.signals import StopSignals, exit_code
 from ..knn import TopK, correct_count, knn_scores
@@ -429,6 +433,7 @@ class Trainer:
             log.info("%s: %s training images, %d epochs of %d steps (batch %d over %d process(es))%s", name,
                      f"{self.num_items:,}", cfg.epochs, steps_per_epoch, cfg.batch_size, dist.world_size,
                      f"; resuming at epoch {s.epoch + 1}, step {s.step}" if resumed else "")
+        heartbeat = Heartbeat(enabled=dist.is_main and not bars_shown())  # a line a minute without a bar
         while s.epoch < cfg.epochs:
             epoch = s.epoch
             for group in self.optimizer.param_groups:
@@ -463,11 +468,13 @@ class Trainer:
                 s.step += 1
                 s.global_step += 1
                 steps_done_now += 1
-                if dist.is_main and (every and s.step % every == 0 or not bar.disable and s.step % 20 == 0):
-                    line = (f"loss {loss_sum.item() / seen:.4f}, lr {cfg.lr_at(epoch):g}, "
+                log_now = heartbeat.due(bool(every) and s.step % every == 0) and dist.is_main
+                if log_now or dist.is_main and not bar.disable and s.step % 20 == 0:
+                    # the epoch's running mean loss (its steps before a checkpoint or resume included)
+                    line = (f"loss {(s.loss_sum + loss_sum.item()) / s.step:.4f}, lr {cfg.lr_at(epoch):g}, "
                             f"{seen * cfg.batch_size / max(time.perf_counter() - t0, 1e-9):,.0f} img/s")
                     bar.set_postfix_str(line, refresh=False)
-                    if every and s.step % every == 0:
+                    if log_now:
                         log.info("%s epoch %d/%d, step %s/%s: %s, %s", name, epoch + 1, cfg.epochs,
                                  f"{s.step:,}", f"{batches.steps:,}", line,
                                  clock.text(epoch * steps_per_epoch + s.step))
@@ -515,6 +522,7 @@ class Trainer:
                 log.info("%s epoch %d/%d: loss %.4f, lr %g, %s img/s%s, epoch %s, %s", name, s.epoch, cfg.epochs,
                          metrics["loss"], metrics["lr"], f"{metrics['img_per_s']:,.0f}", knn_text,
                          duration(metrics["epoch_seconds"]), clock.text(s.epoch * steps_per_epoch))
+                heartbeat.printed()
             if self.logger is not None and dist.is_main:
                 self.logger.log_epoch(s.epoch, metrics)
             barrier()

@@ -1,0 +1,96 @@
+"""A piped log of a run reads well: a progress line at least once a minute inside an epoch (a
+fake clock here, no sleeping)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from localagg import progress
+from localagg.progress import HEARTBEAT_SECONDS, Heartbeat
+
+from .test_pretrain import AUG, MODEL, ir_cfg, make_trainer
+
+
+class FakeClock:
+    """Advances `step` seconds at every reading (each heartbeat reads its clock once a step)."""
+
+    def __init__(self, step: float):
+        self.step, self.t = step, 1000.0
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+def _lines(caplog, pattern: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if re.search(pattern, r.getMessage())]
+
+
+# ---------------------------------------------------------------------------------- heartbeat
+
+
+def test_heartbeat_is_due_after_a_minute_without_a_line_whatever_the_period():
+    slow = Heartbeat(now=FakeClock(HEARTBEAT_SECONDS + 1))
+    assert [slow.due() for _ in range(5)] == [True] * 5
+    fast = Heartbeat(now=FakeClock(1.0))
+    assert [fast.due() for _ in range(10)] == [False] * 10
+    assert fast.due(periodic=True)  # the loop's own period still prints
+    # a line printed anyway (the periodic one, the epoch line) restarts the minute
+    clock = FakeClock(20.0)
+    beat = Heartbeat(now=clock)  # t0
+    assert not beat.due() and not beat.due(periodic=False)  # t0 + 20, + 40
+    beat.printed()  # t0 + 60: counts as a line
+    assert [beat.due() for _ in range(3)] == [False, False, True]  # + 20, + 40, + 60 after the line
+    off = Heartbeat(enabled=False, now=FakeClock(1000.0))  # a bar is shown, or not rank 0
+    assert not off.due() and off.due(periodic=True)
+
+
+@pytest.mark.parametrize("seconds_per_step,lines", [(HEARTBEAT_SECONDS + 1, [1, 2, 3, 4]), (1.0, [])],
+                         ids=["61s-a-step", "1s-a-step"])
+def test_pretraining_logs_a_step_line_whenever_a_minute_passed(seconds_per_step, lines, tiny_data, tmp_path,
+                                                               monkeypatch, caplog):
+    """4 steps an epoch (under 200: no step-based line): a step that takes 61 s logs a line, a
+    short epoch of 1 s steps logs only its epoch line."""
+    monkeypatch.setattr(progress, "clock", FakeClock(seconds_per_step))
+    caplog.set_level(logging.INFO, logger="localagg")
+    make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck").run()
+    found = _lines(caplog, r"^ir epoch 1/1, step ")
+    assert [int(re.search(r"step (\d+)/4:", line).group(1)) for line in found] == lines, found
+    for line in found:
+        assert re.fullmatch(r"ir epoch 1/1, step \d/4: loss [\d.]+, lr [\d.e-]+, [\d,]+ img/s, elapsed \S+, ETA \S+",
+                            line), line
+    assert len(_lines(caplog, r"^ir epoch 1/1: loss")) == 1
+
+
+def test_the_step_lines_loss_is_the_running_mean_of_the_epoch_across_checkpoints(tiny_data, tmp_path, monkeypatch,
+                                                                                 caplog):
+    """A checkpoint every step empties the loop's loss accumulator: the line's loss is still
+    the mean of the epoch's steps so far (the last step's line is the epoch's mean loss)."""
+    monkeypatch.setattr(progress, "clock", FakeClock(HEARTBEAT_SECONDS + 1))
+    caplog.set_level(logging.INFO, logger="localagg")
+    trainer = make_trainer(ir_cfg(epochs=1, checkpoint_every_steps=1), MODEL, AUG, tiny_data, tmp_path / "ck")
+    trainer.run()
+    last = _lines(caplog, r"^ir epoch 1/1, step 4/4: ")[0]
+    assert float(re.search(r"loss ([\d.]+)", last).group(1)) == pytest.approx(trainer.state.history[0]["loss"],
+                                                                            abs=1e-4)
+
+
+def test_the_readout_logs_a_step_line_whenever_a_minute_passed(monkeypatch, caplog):
+    from localagg.evaluation.linear import train_linear_readout
+
+    from .test_linear_readout import SPEC, config, intensity_classes, tiny_model
+
+    caplog.set_level(logging.INFO, logger="localagg")
+    cfg = config(epochs=2, layers=["conv1", "conv5"])  # 32 images of batch 16: 2 steps an epoch
+    for seconds, expected in ((HEARTBEAT_SECONDS + 1, 4), (1.0, 0)):
+        caplog.clear()
+        monkeypatch.setattr(progress, "clock", FakeClock(seconds))
+        train_linear_readout(tiny_model(), intensity_classes(32), intensity_classes(8, seed=1), 4, cfg, SPEC)
+        found = _lines(caplog, r"^readout seed 0 epoch \d/2, step ")
+        assert len(found) == expected, found
+        for line in found:
+            assert re.fullmatch(r"readout seed 0 epoch \d/2, step \d/2: loss_conv1 [\d.]+, loss_conv5 [\d.]+, "
+                                r"lr [\d.e-]+, [\d,]+ img/s, elapsed \S+, ETA \S+", line), line
