@@ -1,5 +1,5 @@
 """A piped log of a run reads well: a progress line at least once a minute inside an epoch (a
-fake clock here, no sleeping)."""
+fake clock here, no sleeping), LA's clustering on its epoch line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from localagg import progress
 from localagg.progress import HEARTBEAT_SECONDS, Heartbeat
 
-from .test_pretrain import AUG, MODEL, ir_cfg, make_trainer
+from .test_pretrain import AUG, MODEL, ir_cfg, la_cfg, make_trainer
 
 
 class FakeClock:
@@ -94,3 +94,21 @@ def test_the_readout_logs_a_step_line_whenever_a_minute_passed(monkeypatch, capl
         for line in found:
             assert re.fullmatch(r"readout seed 0 epoch \d/2, step \d/2: loss_conv1 [\d.]+, loss_conv5 [\d.]+, "
                                 r"lr [\d.e-]+, [\d,]+ img/s, elapsed \S+, ETA \S+", line), line
+
+
+# ---------------------------------------------------------------------------------- LA's epoch line
+
+
+def test_las_epoch_line_has_its_clustering_statistics(tiny_data, tmp_path, caplog):
+    ir = make_trainer(ir_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_ir")
+    ir.run()
+    ir.export(tmp_path / "ir.pt")
+    caplog.set_level(logging.INFO, logger="localagg")
+    la = make_trainer(la_cfg(epochs=1), MODEL, AUG, tiny_data, tmp_path / "ck_la", val_dir=tiny_data,
+                      init_from=tmp_path / "ir.pt")
+    row = la.run().history[0]
+    (line,) = _lines(caplog, r"^la epoch 1/1: ")
+    stats = (f", NMI {row['cluster_nmi']:.3f}, purity {100 * row['cluster_purity']:.1f}%, "
+             f"k-means {row['kmeans_seconds']:.2f} s, epoch ")
+    assert stats in line and f"kNN {row['knn_top1']:.2f}%" in line, line
+    assert "NMI" not in ir.method.epoch_text({"loss": 1.0})  # IR has no clustering

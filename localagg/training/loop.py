@@ -15,7 +15,8 @@ method's state, position, history) are written atomically at every epoch end and
 `checkpoint_every_steps` steps; one is resumed only by a run of the same identity (method,
 config, model, augmentation, data and warm start).
 
-Rank 0 logs a line per epoch (loss, lr, img/s, kNN), one every `log_every_steps` steps (default: a tenth of an epoch of 200 steps or
+Rank 0 logs a line per epoch (loss, lr, img/s, kNN, what the method adds: LA's clustering
+statistics), one every `log_every_steps` steps (default: a tenth of an epoch of 200 steps or
 more), and, without a progress bar, one at the first step after progress.HEARTBEAT_SECONDS
 without a line (step i/n of the epoch, running loss, img/s, elapsed, ETA).
 """
@@ -519,9 +520,11 @@ class Trainer:
             self._save()
             if dist.is_main:
                 knn_text = f", kNN {metrics['knn_top1']:.2f}%" if "knn_top1" in metrics else ""
-                log.info("%s epoch %d/%d: loss %.4f, lr %g, %s img/s%s, epoch %s, %s", name, s.epoch, cfg.epochs,
+                extra = method.epoch_text(metrics)
+                log.info("%s epoch %d/%d: loss %.4f, lr %g, %s img/s%s%s, epoch %s, %s", name, s.epoch, cfg.epochs,
                          metrics["loss"], metrics["lr"], f"{metrics['img_per_s']:,.0f}", knn_text,
-                         duration(metrics["epoch_seconds"]), clock.text(s.epoch * steps_per_epoch))
+                         f", {extra}" if extra else "", duration(metrics["epoch_seconds"]),
+                         clock.text(s.epoch * steps_per_epoch))
                 heartbeat.printed()
             if self.logger is not None and dist.is_main:
                 self.logger.log_epoch(s.epoch, metrics)

@@ -18,6 +18,7 @@ and `knn_top1_streamed`, which every rank calls together):
     loss(out, labels, idx, seed)   the step's loss from the trainable's output (seed: the step's, for draws)
     after_step(out, idx)           after the optimiser step (the bank update)
     monitor(run)                   the kNN top-1 of the held-out split, or None (every rank calls it)
+    epoch_text(metrics)            what the epoch's log line adds to loss, lr and img/s ('' by default)
     state_dict() / load_state_dict(state)   what a checkpoint carries besides model and optimiser
     export_fields()                the export's method-specific entries (bank, classifier)
     loss_hints()                   params to check when the loss is not finite
@@ -77,6 +78,9 @@ class Method:
 
     def monitor(self, run) -> float | None:
         return None
+
+    def epoch_text(self, metrics: dict[str, float]) -> str:
+        return ""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -81,6 +81,13 @@ class LocalAggregation(BankMethod):
         stats["kmeans_seconds"] = seconds
         return stats
 
+    def epoch_text(self, metrics: dict[str, float]) -> str:
+        """'NMI 0.393, purity 66.4%, k-means 0.41 s': the epoch's clustering (made at its start)."""
+        parts = [f"NMI {metrics['cluster_nmi']:.3f}" if "cluster_nmi" in metrics else "",
+                 f"purity {100 * metrics['cluster_purity']:.1f}%" if "cluster_purity" in metrics else "",
+                 f"k-means {metrics['kmeans_seconds']:.2f} s" if "kmeans_seconds" in metrics else ""]
+        return ", ".join(p for p in parts if p)
+
     def loss(self, out: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, step_seed: int) -> torch.Tensor:
         return local_aggregation_loss(out.to(self.bank.memory.dtype), idx, self.bank.memory, self.cluster_labels, k=self.cfg.k,
                                       temperature=self.cfg.temperature)
