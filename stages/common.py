@@ -165,13 +165,38 @@ def run_environment() -> dict:
     }
 
 
-def write_results(metrics: Path, record: dict, headline: dict) -> None:
+def write_results(metrics: Path, record: dict, headline: dict) -> list[Path]:
     """Write the stage's record (everything: numbers, protocol, cost, the run environment) to
-    records/..., then its headline numbers to metrics/... (`paths.record_path`); the metrics
-    file last, so a stage that stops in between leaves no metrics file newer than its record."""
+    records/..., then its headline numbers to metrics/... (`paths.record_path`), rounded to the
+    precision they carry (`rounded`; the record keeps every digit); the metrics file last, so a
+    stage that stops in between leaves no metrics file newer than its record. Returns the two
+    paths, record first."""
     record["environment"] = run_environment()
     write_json(record_path(metrics), record)
-    write_json(metrics, headline)
+    write_json(metrics, rounded(headline))
+    return [record_path(metrics), Path(metrics)]
+
+
+FINE_METRICS = ("loss", "nmi")  # keys holding one of these have 4 decimals in metrics/; the rest are percent
+
+
+def decimals(key: str) -> int:
+    """Decimals of a headline number in a metrics file (what `dvc metrics show` lists): 4 for
+    losses and NMI (key contains loss or nmi), 2 for the rest (accuracies and APs, in percent)."""
+    return 4 if any(word in key.lower() for word in FINE_METRICS) else 2
+
+
+def rounded(headline: dict) -> dict:
+    """`headline` with every float rounded to `decimals(key)` (nested dicts too; others kept)."""
+    out = {}
+    for key, value in headline.items():
+        if isinstance(value, dict):
+            out[key] = rounded(value)
+        elif isinstance(value, float):
+            out[key] = round(value, decimals(key))
+        else:
+            out[key] = value
+    return out
 
 
 @contextlib.contextmanager

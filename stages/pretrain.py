@@ -93,7 +93,7 @@ def run(stage: str, params: Path) -> dict:
         summary = result.summary
         record = {**summary, "model": MODEL_NAMES[stage], "stage": stage, "provenance": trainer.provenance(),
                   "history": result.history, "views": trainer.views(), "cost": cost}
-        write_results(p["metrics"], record, {k: round(summary[v], 4) for k, v in HEADLINE.items() if v in summary})
+        write_results(p["metrics"], record, {k: summary[v] for k, v in HEADLINE.items() if v in summary})
         logger.close()
     return result.summary
 

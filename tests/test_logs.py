@@ -1,10 +1,13 @@
 """A piped log of a run reads well: a progress line at least once a minute inside an epoch (a
-fake clock here, no sleeping), LA's clustering on its epoch line."""
+fake clock here, no sleeping), LA's clustering on its epoch line, and metrics files hold
+numbers at the precision they carry."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +115,22 @@ def test_las_epoch_line_has_its_clustering_statistics(tiny_data, tmp_path, caplo
              f"k-means {row['kmeans_seconds']:.2f} s, epoch ")
     assert stats in line and f"kNN {row['knn_top1']:.2f}%" in line, line
     assert "NMI" not in ir.method.epoch_text({"loss": 1.0})  # IR has no clustering
+
+
+# ---------------------------------------------------------------------------------- metrics files
+
+
+def test_metrics_files_round_by_key_and_records_keep_every_digit(tmp_path, monkeypatch):
+    from stages.common import decimals, rounded, write_results
+
+    assert [decimals(k) for k in ("AP50", "best_top1", "knn_top1", "loss", "final_loss", "cluster_nmi")] == [
+        2, 2, 2, 4, 4, 4]
+    headline = {"AP50": 2.799011474519786, "loss": 1.668234567, "cluster_nmi": 0.39263311, "n": 7, "none": None,
+                "per": {"top1": 12.3456}}
+    assert rounded(headline) == {"AP50": 2.8, "loss": 1.6682, "cluster_nmi": 0.3926, "n": 7, "none": None,
+                                 "per": {"top1": 12.35}}
+    monkeypatch.chdir(tmp_path)
+    written = write_results(Path("metrics/x.json"), {"AP50": headline["AP50"]}, {"AP50": headline["AP50"]})
+    assert written == [Path("records/x.json"), Path("metrics/x.json")]
+    assert json.loads(Path("metrics/x.json").read_text()) == {"AP50": 2.8}
+    assert json.loads(Path("records/x.json").read_text())["AP50"] == 2.799011474519786
