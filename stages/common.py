@@ -199,6 +199,12 @@ def rounded(headline: dict) -> dict:
     return out
 
 
+def wrote(*paths: str | Path) -> str:
+    """'wrote a', 'wrote a and b', 'wrote a, b and c': the end of a stage's last line."""
+    names = [str(p) for p in paths]
+    return "wrote " + (names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}")
+
+
 @contextlib.contextmanager
 def stage_run(name: str, outputs: str) -> Iterator[None]:
     """The frame of every stage command: SIGTERM stops it cleanly, it stops when the `dvc` that

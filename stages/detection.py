@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from localagg.errors import UserError
 from localagg.io import file_sha256, read_json, write_json
 
-from .common import DvcLiveLogger, err_console, measure_cost, write_results
+from .common import DvcLiveLogger, err_console, measure_cost, write_results, wrote
 from .launch import dispatch
 from .params import load_section
 from .roots import use_dataset_roots
@@ -41,6 +42,7 @@ from .paths import (DETECTION_MANIFEST, check_model, detection_cell, detection_m
 DATASET_PREFIX = "localagg_detection"  # Detectron2 catalog names: <prefix>_<year>_<split>
 IDENTITY = "identity.json"
 CURVE = "curve.jsonl"
+log = logging.getLogger(__name__)
 
 
 def dataset_name(manifest: dict) -> str:
@@ -119,7 +121,8 @@ def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
               "protocol": protocol(det_cfg, manifest), "provenance": export.get("provenance") or [],
               "resumed_from": progress["iterations"], "classes": manifest["classes"],
               "views": {"detections": examples}, "cost": cost}
-    write_results(detection_metrics_path(model, seed), record, headline)
+    written = write_results(detection_metrics_path(model, seed), record, headline)
+    log.info("detection %s: %s", name, wrote(*written))
     return record
 
 

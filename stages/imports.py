@@ -15,10 +15,13 @@ numbers, which the report prints beside this run's).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from localagg.errors import UserError
 from localagg.io import file_sha256
+
+log = logging.getLogger(__name__)
 
 
 def import_checkpoint(path: Path, arch: str, stem: str = "imagenet", embedding_dim: int = 128, fmt: str = "auto",
@@ -49,7 +52,7 @@ def run_entry(name: str, params: Path) -> dict:
     """The stage `import@<name>`: the `external.<name>` checkpoint as models/<name>.pt."""
     from localagg.io import write_json
 
-    from .common import measure_cost, run_environment
+    from .common import measure_cost, run_environment, wrote
     from .params import load_section
 
     external = load_section(params, "external")
@@ -68,6 +71,7 @@ def run_entry(name: str, params: Path) -> dict:
     record = {**info, "model": name, "entry": entry.model_dump(mode="json"), "cost": cost,
               "environment": run_environment()}
     write_json(record_of(name), record)
+    log.info("import %s: %s", name, wrote(info["out"], record_of(name)))
     return record
 
 

@@ -19,6 +19,7 @@ finishes it at its next start; one killed before it discards the staging folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections import Counter
@@ -31,7 +32,7 @@ from localagg.data.manifest import DatasetInfo, read_arrays_split, read_files_sp
 from localagg.errors import UserError
 from localagg.io import read_json, write_json
 
-from .common import err_console, measure_cost
+from .common import err_console, measure_cost, wrote
 from .params import DetectionSet, ObjectSet, PrepareParams, TransferSet
 from .paths import record_path
 
@@ -44,6 +45,7 @@ STAGING = Path("data/.prepare-staging")
 COMMIT = "COMMIT"
 # staging name -> final path: every output of the stage
 OUTPUTS = {"object": OBJECT_DIR, "transfer": TRANSFER_DIR, "detection": DETECTION_DIR, "record.json": RECORD}
+log = logging.getLogger(__name__)
 
 
 def _read_exclude(path: str | None, key: str) -> set[str]:
@@ -232,4 +234,5 @@ def run(p: PrepareParams) -> dict:
         raise
     _swap_in(STAGING)
     shutil.rmtree(STAGING)
+    log.info("prepare: %s", wrote(*OUTPUTS.values()))
     return read_json(RECORD)

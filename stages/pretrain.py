@@ -19,17 +19,19 @@ job of `num_processes` tasks over `launcher.slurm.nodes` nodes (launch.py, slurm
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from localagg.errors import UserError
 
-from .common import DvcLiveLogger, measure_cost, write_results
+from .common import DvcLiveLogger, measure_cost, write_results, wrote
 from .launch import dispatch, exit_at_once_if_a_rank_fails
 from .paths import model_path
 from .params import load_section
 from .roots import use_dataset_roots
 
 OBJECT_DIR = Path("data/prepared/object")
+log = logging.getLogger(__name__)
 
 
 MODEL_NAMES = {"pretrain_ia": "ir", "pretrain_la": "la", "supervised": "supervised"}
@@ -93,8 +95,9 @@ def run(stage: str, params: Path) -> dict:
         summary = result.summary
         record = {**summary, "model": MODEL_NAMES[stage], "stage": stage, "provenance": trainer.provenance(),
                   "history": result.history, "views": trainer.views(), "cost": cost}
-        write_results(p["metrics"], record, {k: summary[v] for k, v in HEADLINE.items() if v in summary})
+        written = write_results(p["metrics"], record, {k: summary[v] for k, v in HEADLINE.items() if v in summary})
         logger.close()
+        log.info("%s: %s", stage, wrote(p["model"], *written))
     return result.summary
 
 

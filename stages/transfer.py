@@ -19,13 +19,14 @@ backbone's passes serve every seed, so the seed spread costs little. kNN is dete
 
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 
 from localagg.errors import UserError
 from localagg.io import read_json
 
-from .common import DvcLiveLogger, measure_cost, write_results
+from .common import DvcLiveLogger, measure_cost, write_results, wrote
 from .launch import dispatch, exit_at_once_if_a_rank_fails
 from .params import load_section
 from .roots import use_dataset_roots
@@ -35,6 +36,7 @@ from .paths import (PIXELS, check_model, model_path, stage_of, transfer_cell, tr
 
 DATASETS = {name: Path("data/prepared") / name for name in DATASET_NAMES}
 VIEWS_ROLE = "object"  # retrieval and the embedding map are made on the object set
+log = logging.getLogger(__name__)
 
 
 def _losses(history: list[dict]) -> dict[str, list[float]]:
@@ -143,7 +145,8 @@ def run(model: str, dataset: str, params: Path) -> dict | None:
               "seeds": list(p.seeds), "runs": runs, "feature_dims": result["feature_dims"], "knn": knn,
               "knn_k": p.knn.k, "classes": classes, "protocol": protocol, "provenance": export.get("provenance") or [],
               "views": shown, "cost": cost}
-    write_results(transfer_metrics_path(model, dataset), record, headline(runs, knn))
+    written = write_results(transfer_metrics_path(model, dataset), record, headline(runs, knn))
+    log.info("transfer %s: %s", cell, wrote(*written))
     return record
 
 

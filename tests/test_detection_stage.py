@@ -51,8 +51,9 @@ def _export(seed: int) -> None:
 class FakeLaunch:
     """Stands in for `launch_training`: records the call and leaves a checkpoint behind."""
 
-    def __init__(self):
+    def __init__(self, aps: dict | None = None):
         self.calls = []
+        self.aps = aps or {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
 
     def __call__(self, num_gpus, manifest, prefix, cfg, weights, resume, logger, log_period, **machines):
         out = Path(cfg.OUTPUT_DIR)
@@ -60,7 +61,7 @@ class FakeLaunch:
         self.calls.append({"resume": resume, "had_checkpoint": had,
                            "weights": Path(weights).is_file(), "mean": list(cfg.MODEL.PIXEL_MEAN),
                            "freeze_at": cfg.MODEL.BACKBONE.FREEZE_AT, "seed": cfg.SEED})
-        aps = {"AP50": 50.0, "AP": 25.0, "AP75": 20.0}
+        aps = dict(self.aps)
         if not had:  # as train_detector: a finished checkpoint is only tested again
             logger.log_step(2, {"total_loss": 1.5})
             logger.log_step(4, {"total_loss": 1.0})
@@ -110,15 +111,17 @@ def test_resumes_only_a_checkpoint_of_the_same_weights_and_config(workdir, monke
     assert fake.calls[-1]["had_checkpoint"] is False
 
 
-def test_a_moved_workspace_resumes_its_checkpoint(workdir, monkeypatch):
-    import shutil
-
+def forget_registrations():
+    """Each stage is a fresh process; the runs of these tests share this one (Detectron2's catalog)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    def forget_registrations():  # each stage is a fresh process; these runs share this one
-        for name in [n for n in DatasetCatalog.list() if n.startswith(stage.DATASET_PREFIX)]:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+    for name in [n for n in DatasetCatalog.list() if n.startswith(stage.DATASET_PREFIX)]:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_a_moved_workspace_resumes_its_checkpoint(workdir, monkeypatch):
+    import shutil
 
     fake = FakeLaunch()
     monkeypatch.setattr("localagg.detection.train.launch_training", fake)
@@ -130,6 +133,23 @@ def test_a_moved_workspace_resumes_its_checkpoint(workdir, monkeypatch):
     monkeypatch.chdir(moved)
     stage.run("la", 0, Path("params.yaml"))
     assert [c["had_checkpoint"] for c in fake.calls] == [False, True]  # before: started over, blaming params
+
+
+def test_the_metrics_file_has_aps_to_two_decimals_and_the_record_every_digit(workdir, monkeypatch, caplog):
+    """`dvc metrics show` lists AP50 2.8, not 2.799011474519786; the record (the report's
+    source) keeps the evaluator's value; the stage's last line names both files."""
+    import logging
+
+    aps = {"AP50": 2.799011474519786, "AP": 0.9435898354192103, "AP75": 0.17789001122334452}
+    monkeypatch.setattr("localagg.detection.train.launch_training", FakeLaunch(aps))
+    forget_registrations()
+    caplog.set_level(logging.INFO, logger="stages")
+    stage.run("la", 0, Path("params.yaml"))
+    assert json.loads(Path("metrics/detection/la-seed0.json").read_text()) == {"AP50": 2.8, "AP": 0.94, "AP75": 0.18}
+    record = json.loads(Path("records/detection/la-seed0.json").read_text())
+    assert {k: record[k] for k in aps} == aps
+    assert [r.getMessage() for r in caplog.records if "wrote" in r.getMessage()] == [
+        "detection la-seed0: wrote records/detection/la-seed0.json and metrics/detection/la-seed0.json"]
 
 
 def test_a_seed_outside_the_seed_list_is_refused(workdir, monkeypatch):

@@ -1,6 +1,6 @@
 """A piped log of a run reads well: a progress line at least once a minute inside an epoch (a
-fake clock here, no sleeping), LA's clustering on its epoch line, and metrics files hold
-numbers at the precision they carry."""
+fake clock here, no sleeping), LA's clustering on its epoch line, each stage's last line names
+what it wrote, and metrics files hold numbers at the precision they carry."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from localagg import progress
 from localagg.progress import HEARTBEAT_SECONDS, Heartbeat
 
+from .conftest import make_arrays_dataset
 from .test_pretrain import AUG, MODEL, ir_cfg, la_cfg, make_trainer
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class FakeClock:
@@ -117,7 +122,69 @@ def test_las_epoch_line_has_its_clustering_statistics(tiny_data, tmp_path, caplo
     assert "NMI" not in ir.method.epoch_text({"loss": 1.0})  # IR has no clustering
 
 
-# ---------------------------------------------------------------------------------- metrics files
+# ---------------------------------------------------------------------------------- stage outputs
+
+
+def _params(root: Path, mutate) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    mutate(params)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _decimals(value: float) -> int:
+    text = repr(value)
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def test_pretraining_names_what_it_wrote_and_rounds_its_metrics(tmp_path, monkeypatch, caplog):
+    from stages import pretrain
+
+    monkeypatch.chdir(tmp_path)
+    make_arrays_dataset(Path("data/prepared/object"))
+
+    def tiny(p):
+        p["model"].update(embedding_dim=16)
+        p["augment"].update(crop_size=16)
+        p["pretrain_ia"].update(epochs=1, batch_size=8, knn_k=5, num_negatives=16, num_processes=1)
+    params = _params(tmp_path, tiny)
+    caplog.set_level(logging.INFO, logger="stages")
+    summary = pretrain.run("pretrain_ia", params)
+    assert _lines(caplog, r"^pretrain_ia: wrote") == [
+        "pretrain_ia: wrote models/ir.pt, records/pretrain_ia.json and metrics/pretrain_ia.json"]
+    assert all(Path(p).is_file() for p in ("models/ir.pt", "records/pretrain_ia.json", "metrics/pretrain_ia.json"))
+    metrics = json.loads(Path("metrics/pretrain_ia.json").read_text())
+    record = json.loads(Path("records/pretrain_ia.json").read_text())
+    assert record["final_loss"] == summary["final_loss"]  # the record keeps every digit
+    assert metrics["loss"] == round(summary["final_loss"], 4) and _decimals(metrics["loss"]) <= 4
+    assert metrics["knn_top1"] == round(summary["final_knn_top1"], 2)
+
+
+def test_a_transfer_cell_names_what_it_wrote(tmp_path, monkeypatch, caplog):
+    from localagg.models.backbone import EmbeddingNet
+    from localagg.runtime.checkpoint import save_export
+    from stages import transfer
+
+    monkeypatch.chdir(tmp_path)
+
+    def tiny(p):
+        p["model"].update(arch="resnet18", stem="imagenet", embedding_dim=8)
+        p["augment"].update(crop_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+        p["transfer"].update(seeds=[0], num_processes=1, knn={"k": 5, "temperature": 0.07, "pixel_size": 16})
+        p["transfer"]["object"].update(epochs=1, batch_size=8, lr_drops=[], crop_size=16, eval_resize=16,
+                                       device="cpu", layers=["conv1", "conv5"])
+    params = _params(tmp_path, tiny)
+    make_arrays_dataset(Path("data/prepared/object"), n_train=24, n_val=8)
+    torch.manual_seed(0)
+    save_export("models/random.pt", EmbeddingNet("resnet18", "imagenet", 8), "random")
+    caplog.set_level(logging.INFO, logger="stages")
+    record = transfer.run("random", "object", params)
+    assert _lines(caplog, r"^transfer random-object: wrote") == [
+        "transfer random-object: wrote records/transfer/random-object.json and metrics/transfer/random-object.json"]
+    metrics = json.loads(Path("metrics/transfer/random-object.json").read_text())
+    assert metrics == transfer.headline(record["runs"], record["knn"])
+    assert all(_decimals(v) <= 2 for v in metrics.values()), metrics
 
 
 def test_metrics_files_round_by_key_and_records_keep_every_digit(tmp_path, monkeypatch):
