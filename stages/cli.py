@@ -72,7 +72,7 @@ def prepare(params: Path = ParamsOption) -> None:
     from .launch import dispatch
 
     p = load_section(params, "prepare")
-    with stage_run("prepare", "data/prepared and metrics/prepare.json"):
+    with stage_run("prepare", "data/prepared and records/prepare.json"):
         dispatch("prepare", ["prepare"], params, 1, "prepare")
         record = stage.run(p)
     for role, splits in (("object", ("train", "val")), ("transfer", ("train", "val")), ("detection", ("trainval", "test"))):

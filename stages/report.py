@@ -131,7 +131,7 @@ def expected_files(seeds: dict[str, list[int]]) -> list[tuple[Path, str]]:
 
 def declared_metrics(seeds: dict[str, list[int]]) -> set[Path]:
     """The metrics files the stages write (each record's counterpart under metrics/)."""
-    out = {Path("metrics/prepare.json")} | {Path("metrics") / f"{stage}.json" for stage in PRETRAIN_STAGES.values()}
+    out = {Path("metrics") / f"{stage}.json" for stage in PRETRAIN_STAGES.values()}  # prepare: a record only
     out |= {transfer_metrics_path(m, d) for d in ROLES for m in (*_models(seeds), PIXELS)}
     out |= {detection_metrics_path(m, s) for m in _models(seeds) for s in seeds["detection"]}
     return out
@@ -143,6 +143,7 @@ def refuse_strays(seeds: dict[str, list[int]]) -> None:
     them: one UserError lists every one, before anything is written."""
     declared = declared_metrics(seeds)
     declared |= {record_path(p) for p in declared} | {record_of(name) for name in seeds.get("imported", ())}
+    declared.add(PREPARE_RECORD)
     declared.add(seed_sweep_path())
     strays = sorted(str(p) for root in (Path("metrics"), Path("records")) if root.is_dir()
                     for p in root.rglob("*.json") if p not in declared)

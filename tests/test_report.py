@@ -594,3 +594,13 @@ def test_an_imported_models_missing_records_name_its_stages(toy_run, tmp_path):
     assert "records/import/mine.json (`dvc repro import@mine`)" in str(err.value)
     assert "records/transfer/mine-object.json (`dvc repro transfer_external@mine-object`)" in str(err.value)
     assert not Path("reports").exists()
+
+
+def test_a_leftover_prepare_metrics_file_is_refused(toy_run):
+    """prepare writes records/prepare.json only; a metrics/prepare.json of an older layout is a stray."""
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/prepare.json").write_text('{"object": {}}\n')
+    with pytest.raises(UserError, match=r"written by no stage.*metrics/prepare.json"):
+        report.run(toy_run, out=Path("strays"))
+    Path("metrics/prepare.json").unlink()
+    report.run(toy_run, out=Path("strays"))
