@@ -158,8 +158,10 @@ def seed_sweep_path() -> Path:
     return seeds_mod.RECORD
 
 
-def seed_sweep() -> Record | None:
-    """The pretraining-seed sweep's record (`localagg report --compare` writes it), or None."""
+def seed_sweep(params: Path) -> Record | None:
+    """The pretraining-seed sweep's record (`localagg report --compare` writes it), or None; its
+    `differs` lists the params of `params` that the sweep's runs did not have (then its noise
+    is not this run's)."""
     path = seeds_mod.RECORD
     if not path.is_file():
         return None
@@ -172,6 +174,7 @@ def seed_sweep() -> Record | None:
     if not (isinstance(runs, list) and all(isinstance(r, dict) and isinstance(r.get("metrics"), dict) for r in runs)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in runs for v in r["metrics"].values())):
         raise UserError(f"{path}: expected {{\"runs\": [{{\"metrics\": {{name: number}}}}, ...]}}: {fix}.")
+    data["differs"] = seeds_mod.differing(data, flatten(yaml.safe_load(Path(params).read_text()) or {}))
     return Record(str(path), data, "report")
 
 
@@ -224,7 +227,7 @@ def load(params: Path) -> RunMetrics:
         detection={m: [rec[record_path(detection_metrics_path(m, s))] for s in seeds["detection"]] for m in models},
         curves={m: _curves(rec[pretrain_record(stage)]) for m, stage in PRETRAIN_STAGES.items()},
         imported={name: rec[record_of(name)] for name in seeds["imported"]},
-        seed_sweep=seed_sweep(),
+        seed_sweep=seed_sweep(params),
     )
     check_slots(run, seeds)
     return run

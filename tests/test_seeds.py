@@ -27,8 +27,9 @@ SEED_PARAMS = {"pretrain_ia": {"seed": 0, "epochs": 4}, "pretrain_la": {"seed": 
                "random_init": {"seed": 0}, "supervised": {"seed": 0}}
 
 
-def _entry(rev: str, name: str | None, seed: int | None, metrics: dict[str, dict], **changes) -> dict:
-    params = copy.deepcopy(SEED_PARAMS)
+def _entry(rev: str, name: str | None, seed: int | None, metrics: dict[str, dict], base: dict | None = None,
+           **changes) -> dict:
+    params = copy.deepcopy(base if base is not None else SEED_PARAMS)
     if seed is not None:
         for section in ("pretrain_ia", "pretrain_la", "random_init", "supervised"):
             params[section]["seed"] = seed
@@ -52,15 +53,25 @@ def _metrics(la_knn: float, ir_knn: float, la_best: float, ir_best: float) -> di
 SWEEP = [(0, 70.0, 66.0, 80.5, 80.0), (1, 72.0, 65.0, 80.0, 81.5), (2, 68.0, 67.0, 82.0, 79.5)]
 
 
-def exp_show(path: Path) -> Path:
-    commit = _entry("a" * 40, "main", None, _metrics(*SWEEP[0][1:]))
+def with_seed_keys(params: Path) -> dict:
+    """The params file with the seed keys of SEED_PARAMS added (written back): the sweep's base."""
+    data = yaml.safe_load(params.read_text()) or {}
+    for section, keys in SEED_PARAMS.items():
+        data.setdefault(section, {}).update(keys)
+    params.write_text(yaml.safe_dump(data))
+    return data
+
+
+def exp_show(path: Path, base: dict | None = None) -> Path:
+    commit = _entry("a" * 40, "main", None, _metrics(*SWEEP[0][1:]), base)
     commit["experiments"] = [
-        {"revs": [_entry("b" * 40, "pretrain-seed1", 1, _metrics(*SWEEP[1][1:]))]},
-        {"revs": [_entry("c" * 40, "pretrain-seed2", 2, _metrics(*SWEEP[2][1:]))]},
+        {"revs": [_entry("b" * 40, "pretrain-seed1", 1, _metrics(*SWEEP[1][1:]), base)]},
+        {"revs": [_entry("c" * 40, "pretrain-seed2", 2, _metrics(*SWEEP[2][1:]), base)]},
         # another param changed too: not pretraining noise
-        {"revs": [_entry("d" * 40, "k512-seed3", 3, _metrics(90.0, 10.0, 90.0, 10.0), **{"pretrain_la.k": 512})]},
+        {"revs": [_entry("d" * 40, "k512-seed3", 3, _metrics(90.0, 10.0, 90.0, 10.0), base,
+                         **{"pretrain_la.k": 512})]},
     ]
-    workspace = _entry("workspace", None, None, _metrics(*SWEEP[0][1:]))
+    workspace = _entry("workspace", None, None, _metrics(*SWEEP[0][1:]), base)
     path.write_text(json.dumps([workspace, commit]))
     return path
 
@@ -68,7 +79,8 @@ def exp_show(path: Path) -> Path:
 def test_the_runs_that_differ_only_in_their_pretraining_seeds_give_the_noise_of_each_gap(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = write_run(tmp_path)
-    written = report.compare(params, exp_json=exp_show(tmp_path / "exp.json"), out=Path("reports"))
+    written = report.compare(params, exp_json=exp_show(tmp_path / "exp.json", with_seed_keys(params)),
+                             out=Path("reports"))
     assert seeds.RECORD in written
     record = json.loads(seeds.RECORD.read_text())
     assert [r["name"] for r in record["runs"]] == ["workspace", "pretrain-seed1", "pretrain-seed2"]
@@ -90,6 +102,21 @@ def test_the_runs_that_differ_only_in_their_pretraining_seeds_give_the_noise_of_
                            "+10.00 (outside the pretraining noise: std 2.00 over 3 seeds) |"), gaps
     assert "| LA − random network | +40.00 (pretraining noise not measured) |" in md
     assert f"pretraining-seed sweep in `{seeds.RECORD}`" in md and "**not measured**" not in md
+
+
+def test_a_sweep_of_other_params_is_not_this_runs_noise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path)
+    report.compare(params, exp_json=exp_show(tmp_path / "exp.json", with_seed_keys(params)), out=Path("reports"))
+    data = yaml.safe_load(params.read_text())
+    data["pretrain_la"]["k"] = 512
+    data.setdefault("launcher", {})["kind"] = "local"  # moves no number: not a difference
+    params.write_text(yaml.safe_dump(data))
+    report.run(params, out=Path("reports"))
+    md = Path("reports/results.md").read_text()
+    assert "| LA − IR | +10.00 | +10.00 |" in md and "outside the pretraining noise" not in md
+    assert ("Pretraining noise: **not measured for these params**: the sweep in "
+            f"`{seeds.RECORD}` ran with other values of `pretrain_la.k`, so") in md
 
 
 def test_a_gap_within_the_noise_is_said_to_be_within_it():

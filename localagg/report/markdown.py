@@ -186,6 +186,9 @@ def zoo(m: RunMetrics, cells: list[Cell], ix: dict[tuple, Cell], idents: dict[st
             + table(["model", "method", "backbone", "pretraining epochs", *ZOO_COLUMNS], rows) + "\n\n"
             + source_line(sources))
     sweep = m.seed_sweep.data if m.seed_sweep is not None else None
+    stale = (sweep or {}).get("differs") or []
+    if stale:
+        sweep = None
     gap_rows = []
     for a, b in GAPS:
         if a not in found or b not in found:
@@ -203,6 +206,11 @@ def zoo(m: RunMetrics, cells: list[Cell], ix: dict[tuple, Cell], idents: dict[st
         how = (f"Pretraining noise: the sample std of each gap over the {len(sweep.get('runs', []))} runs of the "
                f"pretraining-seed sweep in `{m.seed_sweep.path}` (`localagg sweep seeds`); a gap is outside it when "
                f"it exceeds {seeds.OUTSIDE:g} standard deviations.")
+    elif stale:
+        shown = ", ".join(f"`{k}`" for k in stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        how = (f"Pretraining noise: **not measured for these params**: the sweep in `{m.seed_sweep.path}` ran with "
+               f"other values of {shown}, so its spread is not this run's. Measure it again: `localagg sweep seeds "
+               "1 2`, then `localagg report --compare` and `dvc repro report`.")
     else:
         how = ("Pretraining noise: **not measured** for this run (its pretraining ran one seed), so none of these "
                "gaps is shown to exceed it, and the readout-seed ± does not bound it. Measure it: `localagg sweep "

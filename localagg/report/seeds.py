@@ -25,6 +25,9 @@ from .sweep import Run
 SEED_KEYS = ("pretrain_ia.seed", "pretrain_la.seed", "pretrain_la.kmeans_seed", "random_init.seed", "supervised.seed")
 RECORD = Path("records/sweeps/pretraining_seeds.json")
 OUTSIDE = 2.0  # a gap is outside the noise when it exceeds this many standard deviations of itself
+# params that move no number: left out when a sweep's params are set against the run's
+IRRELEVANT_SECTIONS = ("launcher", "external")
+IRRELEVANT_LEAVES = ("threads", "workers", "checkpoint_every_steps")
 
 
 def settings(params: dict, seed: int) -> dict[str, int]:
@@ -45,9 +48,27 @@ def seed_runs(runs: list[Run]) -> list[Run]:
     return list(best.values()) if len(best) >= 2 else []
 
 
+def run_params(params: dict) -> dict:
+    """The flattened params that can move a number, less the seed keys: what a sweep's runs share."""
+    return {k: v for k, v in params.items() if k not in SEED_KEYS and k.split(".")[0] not in IRRELEVANT_SECTIONS
+            and k.rsplit(".", 1)[-1] not in IRRELEVANT_LEAVES}
+
+
+def differing(sweep: dict, params: dict) -> list[str]:
+    """The keys of the flattened `params` (a run's) whose value differs from the sweep's shared
+    params (run_params of both), sorted; a record that names no params differs in everything."""
+    theirs, ours = sweep.get("params"), run_params(params)
+    if not isinstance(theirs, dict):
+        return ["(the record names no params)"]
+    same = lambda k: json.dumps(theirs.get(k), sort_keys=True) == json.dumps(ours.get(k), sort_keys=True)  # noqa: E731
+    return sorted(k for k in set(theirs) | set(ours) if not same(k))
+
+
 def record(runs: list[Run], origin: str) -> dict:
-    """RECORD's content: the seed keys, where the runs came from, and each run's seeds and numbers."""
+    """RECORD's content: the seed keys, the params the runs share, where they came from, and each
+    run's seeds and numbers."""
     return {"seed_keys": list(SEED_KEYS), "source": origin, "outside_factor": OUTSIDE,
+            "params": run_params(runs[0].params),
             "runs": [{"name": run.name or run.rev, "rev": run.rev, "seeds": {k: run.params.get(k) for k in SEED_KEYS},
                       "metrics": run.metrics} for run in runs]}
 
