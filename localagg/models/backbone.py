@@ -1,58 +1,74 @@
-"""torchvision ResNets with the Local Aggregation head: pool -> linear(D) -> L2 normalise.
+"""The backbones, each with the Local Aggregation head: pool -> linear(D) -> L2 normalise.
 
-    v = normalize(W · avgpool(f(x)) + b),   v in R^D (D = 128 in the paper)
+    v = normalize(W · pooled(x) + b),   v in R^D (D = 128 in the paper)
 
-Stems, chosen by params:
-    imagenet  7x7/2 conv + 3x3/2 max-pool (torchvision's, the paper's; the one Detectron2 converts)
-    small     3x3/1 conv, no max-pool (CIFAR-style, for 28-64 px inputs; 4x the compute)
+    arch              trunk (module)                                 pooled(x)        width
+    resnet18, 50      torchvision's v1 ResNet (resnet_v1)            GAP of conv5     512, 2048
+    preact_resnet18,  the authors' TF pre-activation (v2) ResNet     GAP of the final 512, 2048
+    preact_resnet50   (preact_resnet)                                BN-ReLU
+    alexnet           the authors' AlexNet with BN (plain_nets)      fc7              4096
+    vgg16             the authors' VGG16 with BN (plain_nets)        fc7              4096
 
-Readout points for the transfer stage ("conv1".."conv5", as VISSL names them res1..res5):
-    conv1  stem output after ReLU, before the max-pool (VISSL; after it on request, as the
-           authors' TF code reads it)
-    conv2..conv5  outputs of layer1..layer4
+For AlexNet and VGG16 the head is the TF code's fc8 (a 1x1 conv on fc7's 1x1 map, i.e. a
+linear layer). Every trunk exposes `features(x, layers, conv1_after_maxpool)`: the readout
+maps conv1..conv5 at the authors' points (each trunk's module docstring says where), and
+"pixels", the normalised input itself (the raw-pixel baseline, read out like a layer).
 
-The paper's ResNets are pre-activation (v2); torchvision's are v1, the usual substitute
-(stated in the report).
+Stems (ResNets only): imagenet (7x7/2 conv + 3x3/2 max-pool, the paper's; the one Detectron2
+converts) or small (3x3/1 conv, no max-pool, for 28-64 px inputs; 4x the compute).
+Batch-norm momentum: `bn_momentum` (torch's sense), None for the network's own (torchvision
+0.1; the authors' networks 0.003, TF's decay 0.997).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from ..errors import UserError
+from .plain_nets import AlexNet, VGG16
+from .preact_resnet import PreActResNet
+from .resnet_v1 import TorchvisionResNet
 
-ARCHS = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet50": torchvision.models.resnet50,
+# arch -> (trunk factory(stem, bn_momentum), stems it has)
+ARCHS: dict[str, tuple[Callable[[str, float | None], nn.Module], tuple[str, ...]]] = {
+    "resnet18": (lambda stem, m: TorchvisionResNet("resnet18", stem, m), ("imagenet", "small")),
+    "resnet50": (lambda stem, m: TorchvisionResNet("resnet50", stem, m), ("imagenet", "small")),
+    "preact_resnet18": (lambda stem, m: PreActResNet("preact_resnet18", stem, m), ("imagenet", "small")),
+    "preact_resnet50": (lambda stem, m: PreActResNet("preact_resnet50", stem, m), ("imagenet", "small")),
+    "alexnet": (lambda stem, m: AlexNet(m), ("imagenet",)),
+    "vgg16": (lambda stem, m: VGG16(m), ("imagenet",)),
 }
 STEMS = ("imagenet", "small")
 READOUT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 PIXELS = "pixels"  # the normalised input itself: the raw-pixel baseline, read out like a layer
 
 
+def min_size(arch: str) -> int:
+    """The smallest input side `arch` takes (AlexNet and VGG16 end in VALID fc convs)."""
+    return {"alexnet": AlexNet.min_size, "vgg16": VGG16.min_size}.get(arch, 1)
+
+
 class EmbeddingNet(nn.Module):
-    """A torchvision ResNet trunk plus the linear embedding head.
+    """A trunk plus the linear embedding head.
 
     `forward` returns L2-normalised embeddings (B, D); `features` returns the readout maps.
     """
 
-    def __init__(self, arch: str = "resnet18", stem: str = "imagenet", embedding_dim: int = 128):
+    def __init__(self, arch: str = "resnet18", stem: str = "imagenet", embedding_dim: int = 128,
+                 bn_momentum: float | None = None):
         super().__init__()
         if arch not in ARCHS:
             raise UserError(f"unknown architecture {arch!r}; expected one of: {', '.join(ARCHS)}.")
-        if stem not in STEMS:
-            raise UserError(f"unknown stem {stem!r}; expected one of: {', '.join(STEMS)}.")
+        factory, stems = ARCHS[arch]
+        if stem not in stems:
+            raise UserError(f"{arch} has no stem {stem!r}; it has: {', '.join(stems)} (model.stem).")
         self.arch, self.stem, self.embedding_dim = arch, stem, embedding_dim
-        trunk = ARCHS[arch](weights=None)
-        if stem == "small":
-            trunk.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            trunk.maxpool = nn.Identity()
-        self.feature_dim = trunk.fc.in_features
-        trunk.fc = nn.Identity()
-        self.trunk = trunk
+        self.trunk = factory(stem, bn_momentum)
+        self.feature_dim = self.trunk.width
         self.head = nn.Linear(self.feature_dim, embedding_dim)
 
     def meta(self) -> dict:
@@ -60,35 +76,24 @@ class EmbeddingNet(nn.Module):
         return {"arch": self.arch, "stem": self.stem, "embedding_dim": self.embedding_dim}
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """Global-average-pooled conv5 features (B, C)."""
+        """The trunk's pooled features (B, width) that the head reads."""
         return self.trunk(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.trunk(x)), dim=1)
 
     def features(self, x: torch.Tensor, layers=READOUT_LAYERS, conv1_after_maxpool: bool = False) -> dict[str, torch.Tensor]:
-        """Readout maps {name: (B, C, H, W)} for the requested layers, in one forward; conv1 is
-        the stem's ReLU output, or its max-pooled output with `conv1_after_maxpool` (the
-        authors' TF readout point); "pixels" is the input itself (no forward at all)."""
-        t = self.trunk
-        out = {"pixels": x} if PIXELS in layers else {}
-        if all(n in out for n in layers):
-            return {n: out[n] for n in layers}
-        x = t.relu(t.bn1(t.conv1(x)))
-        out["conv1"] = x
-        x = t.maxpool(x)
-        if conv1_after_maxpool:
-            out["conv1"] = x
-        for name, layer in zip(READOUT_LAYERS[1:], (t.layer1, t.layer2, t.layer3, t.layer4)):
-            x = layer(x)
-            out[name] = x
-            if all(n in out for n in layers):
-                break
+        """Readout maps {name: (B, C, H, W)} for the requested layers, in one forward that stops
+        at the last one needed; "pixels" is the input itself (no forward at all)."""
+        out = {PIXELS: x} if PIXELS in layers else {}
+        rest = [n for n in layers if n != PIXELS]
+        if rest:
+            out.update(self.trunk.features(x, rest, conv1_after_maxpool=conv1_after_maxpool))
         return {n: out[n] for n in layers}
 
 
-def build_model(arch: str, stem: str, embedding_dim: int) -> EmbeddingNet:
-    return EmbeddingNet(arch, stem, embedding_dim)
+def build_model(arch: str, stem: str, embedding_dim: int, bn_momentum: float | None = None) -> EmbeddingNet:
+    return EmbeddingNet(arch, stem, embedding_dim, bn_momentum)
 
 
 def check_meta(found: dict, expected: dict, source: str) -> None:

@@ -195,7 +195,8 @@ class Trainer:
         self._check_sizes()
 
         torch.manual_seed(cfg.seed)
-        self.model: EmbeddingNet = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim)
+        self.model: EmbeddingNet = build_model(model_cfg.arch, model_cfg.stem, model_cfg.embedding_dim,
+                                                   model_cfg.bn_momentum)
         if cfg.bn_groups > 1:
             set_bn_groups(self.model, cfg.bn_groups)
         if cfg.sync_bn:
