@@ -7,6 +7,8 @@ written to reports/benchmarks.md with the machine and library versions.
     d. with a GPU: ResNet-50 LA img/s at 224 px with AMP, and (c) at that scale
     e. the file loader's training crops per core on real-size JPEGs vs a bare decode floor and
        vs the previous decode-then-crop (target >= 1.5x the previous)
+    f. one training step of each network at 224 px (batch 8) vs ResNet-50 v1's, and the
+       ResNet-18s at the embedded default's 40 px vs ResNet-18 v1's
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from localagg.io import write_text
 
 from .kmeans import bench_kmeans
 from .loader import bench_loader
+from .networks import bench_networks
 from .objective import bench_la_objective
 from .pretrain import bench_pretrain_throughput
 
@@ -105,6 +108,11 @@ def main() -> None:
     rows.append(("e", "the same file loader", f"{e['loader']:.0f} img/s",
                  "decode, then crop as before this release (PILToTensor + RandomResizedCrop)",
                  f"{e['previous']:.0f} img/s", f"{e['speedup']:.2f}", f">= 1.5: {_verdict(e['speedup'], 1.5, True)}"))
+    print("f. networks ...", file=sys.stderr)
+    for f in bench_networks():
+        rows.append(("f", f"one training step, {f['arch']}, {f['size']} px, batch {f['batch']}",
+                     f"{f['img_per_s']:.1f} img/s", f"{f['floor']} (v1), same step", f"{f['img_per_s'] / f['ratio']:.1f} img/s",
+                     f"{f['ratio']:.2f}", "informative"))
     lines = [
         "# Benchmarks",
         "",

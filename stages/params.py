@@ -395,11 +395,34 @@ def validate_all(path: str | Path, data_sizes=None) -> dict[str, Any]:
         problems += found
         if value is not None:
             sections[name] = value
+    problems += network_problems(sections)
     if data_sizes is not None and "prepare" in sections:
         problems += size_problems(sections, data_sizes(sections["prepare"]))
     if problems:
         raise UserError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
     return sections
+
+
+def network_problems(sections: dict[str, Any]) -> list[str]:
+    """Image sizes the network cannot take: AlexNet and VGG16 end in VALID fc convs (at least
+    195 and 224 px; localagg.models.backbone.min_size)."""
+    from localagg.models.backbone import min_size
+
+    model = sections.get("model")
+    if model is None or min_size(model.arch) <= 1:
+        return []
+    sizes = {}
+    if "augment" in sections:
+        sizes["augment.crop_size"] = sections["augment"].crop_size
+        if "supervised" in sections and "crop_size" in sections["supervised"].augment:
+            sizes["supervised.augment.crop_size"] = sections["supervised"].augment["crop_size"]
+    if "transfer" in sections:
+        sizes.update({f"transfer.{role}.crop_size": getattr(sections["transfer"], role).crop_size
+                      for role in ("object", "transfer")})
+    need = min_size(model.arch)
+    return [f"{key}: {value} px is smaller than the {need} px that model.arch {model.arch} needs (its fc6 is a VALID "
+            f"conv on the last pool's map); set it to {need} or more (the paper: 224)"
+            for key, value in sizes.items() if value < need]
 
 
 def size_problems(sections: dict[str, Any], sizes: dict[str, tuple[int, int] | None]) -> list[str]:

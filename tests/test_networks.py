@@ -215,3 +215,25 @@ def test_the_v1_resnets_keep_torchvisions_names_and_initialisation():
     assert list(ours) == list(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
     assert np.isclose(sum(v.numel() for k, v in ours.items() if "running" not in k and "num_batches" not in k),
                       23_508_032)
+
+
+def test_check_refuses_crops_smaller_than_the_network_takes_naming_each_key(tmp_path):
+    """`localagg check` (validate_all): the embedded default's 40 px crops with model.arch alexnet."""
+    from pathlib import Path
+
+    import yaml
+
+    from stages.params import validate_all
+
+    params = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text())
+    params["model"]["arch"] = "vgg16"
+    params["transfer"]["object"].update(crop_size=224, eval_resize=256)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError) as err:
+        validate_all(path)
+    lines = [line for line in str(err.value).splitlines() if "px that model.arch vgg16 needs" in line]
+    assert [line.split(":")[0].strip(" -") for line in lines] == ["augment.crop_size", "transfer.transfer.crop_size"]
+    params["model"]["arch"] = "preact_resnet50"  # ResNets take any size
+    path.write_text(yaml.safe_dump(params))
+    validate_all(path)
