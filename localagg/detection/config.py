@@ -11,7 +11,10 @@ run for the embedded 128 px set on a laptop CPU.
 
 `LocalAggRes5ROIHeads` is Detectron2's `Res5ROIHeads` with two additions: res5 built from
 `BasicBlock` for ResNet-18/34 (Detectron2 builds it from `BottleneckBlock` only) and the
-optional norm after res5 (MoCo's `Res5ROIHeadsExtraNorm`).
+optional norm after res5 (MoCo's `Res5ROIHeadsExtraNorm`). The pre-activation ResNets
+(preact_resnet18/50) get the backbone and res5 head of `preact_c4` instead (BACKBONE.NAME
+"build_preact_resnet_backbone", ROI_HEADS.NAME "LocalAggPreActRes5ROIHeads"), with the same
+NORM, FREEZE_AT and the rest of the protocol.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from detectron2.modeling.backbone.resnet import BasicBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
 from ..errors import UserError
-from .convert import DEPTHS, EXTRA_NORM
+from . import preact_c4
+from .convert import DEPTHS, EXTRA_NORM, PREACT_DEPTHS, require_resnet
 from .protocol import DetectionConfig
 
 ROI_HEAD_NAME = "LocalAggRes5ROIHeads"
@@ -81,20 +85,21 @@ def build_cfg(
     pixel_mean: Sequence[float] = PIXEL_MEAN,
     pixel_std: Sequence[float] = PIXEL_STD,
 ) -> CfgNode:
-    """The Detectron2 config of Faster R-CNN R{18,50}-C4 for `arch` ("resnet18" | "resnet50").
+    """The Detectron2 config of Faster R-CNN R{18,50}-C4 for `arch` ("resnet18" | "resnet50":
+    Detectron2's ResNet; "preact_resnet18" | "preact_resnet50": `preact_c4`'s).
 
     `pixel_mean`/`pixel_std` (RGB, 0-255 units) must be the normalisation the backbone was
     pretrained with (the `augment` section's mean/std x 255); torchvision's by default.
     MODEL.WEIGHTS is left empty: `train.train_detector` loads the converted backbone itself
     (strictly). The node is returned unfrozen so a caller can still override keys.
     """
-    if arch not in DEPTHS:
-        raise UserError(f"detection supports {', '.join(DEPTHS)}; got arch {arch!r}.")
+    require_resnet(arch)
     if num_classes < 1:
         raise UserError(f"num_classes must be at least 1; got {num_classes}.")
     if not train_names or not test_names:
         raise UserError("detection needs at least one training and one test dataset.")
-    depth = DEPTHS[arch]
+    preact = arch in PREACT_DEPTHS
+    depth = PREACT_DEPTHS[arch] if preact else DEPTHS[arch]
     c = det_cfg
     cfg = get_cfg()
     cfg.SEED = c.seed
@@ -109,7 +114,7 @@ def build_cfg(
         raise UserError(f"pixel mean/std must be 3 RGB values with std > 0; got {list(pixel_mean)}, {list(pixel_std)}.")
     m.PIXEL_MEAN = [float(v) for v in pixel_mean]
     m.PIXEL_STD = [float(v) for v in pixel_std]
-    m.BACKBONE.NAME = "build_resnet_backbone"
+    m.BACKBONE.NAME = preact_c4.BACKBONE_NAME if preact else "build_resnet_backbone"
     m.BACKBONE.FREEZE_AT = c.freeze_at
     m.RESNETS.DEPTH = depth
     m.RESNETS.OUT_FEATURES = ["res4"]
@@ -121,7 +126,7 @@ def build_cfg(
     m.RPN.PRE_NMS_TOPK_TEST = 6000
     m.RPN.POST_NMS_TOPK_TRAIN = c.proposals_train
     m.RPN.POST_NMS_TOPK_TEST = c.proposals_test
-    m.ROI_HEADS.NAME = ROI_HEAD_NAME
+    m.ROI_HEADS.NAME = preact_c4.ROI_HEAD_NAME if preact else ROI_HEAD_NAME
     m.ROI_HEADS.IN_FEATURES = ["res4"]
     m.ROI_HEADS.NUM_CLASSES = num_classes
     m.ROI_HEADS.BATCH_SIZE_PER_IMAGE = c.batch_size_per_image
