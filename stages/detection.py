@@ -57,6 +57,9 @@ def dataset_name(manifest: dict) -> str:
 
 def run(model: str, seed: int, params: Path, resume: bool = True) -> dict:
     check_model(model, params, pixels=False)
+    from localagg.detection.convert import require_resnet
+
+    require_resnet(load_section(params, "model").arch)  # AlexNet, VGG16: refused before anything runs
     aug = load_section(params, "augment")
     det_cfg = load_section(params, "detection").for_seed(seed)
     ckpt = model_path(model)
