@@ -33,7 +33,10 @@ from localagg.runtime.checkpoint import save_export
 from stages import detection as stage
 
 from .test_detection import _random_net
-from .test_detection_stage import FakeLaunch, forget_registrations, workdir  # noqa: F401  (a fixture)
+from . import test_detection_stage
+from .test_detection_stage import FakeLaunch, forget_registrations
+
+workdir = test_detection_stage.workdir  # the fixture: a repository-like folder with a tiny VOC set
 
 CLASSES = ["a", "b", "c"]
 

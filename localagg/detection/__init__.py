@@ -3,6 +3,7 @@
     protocol `DetectionConfig`: the protocol's knobs (no Detectron2 import)
     convert  localagg checkpoint -> Detectron2 names (a .pth), strict loading into the model
     config   `DetectionConfig` -> Detectron2 config; the res5 ROI head
+    preact_c4  the pre-activation (v2) ResNets as a C4 backbone and res5 ROI head
     data     VOC manifest -> Detectron2 datasets; the training stream, a function of the iteration
     train    fine-tune (resumable), test with the VOC evaluator
 
