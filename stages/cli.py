@@ -216,11 +216,14 @@ def report(
 @user_errors
 def import_model(
     path: Path = typer.Argument(..., exists=False, help="the checkpoint file (torchvision, MoCo, NPID, VISSL, "
-                                                        "mmselfsup, hub, or a localagg export)"),
-    arch: str = typer.Option(..., "--arch", help="the ResNet it holds: resnet18 or resnet50"),
+                                                        "mmselfsup, hub, or a localagg export), or the authors' TF "
+                                                        "checkpoint: their tar, its .index file or its prefix"),
+    arch: str = typer.Option(..., "--arch", help="the network it holds: resnet18 or resnet50 (torchvision's); "
+                                                  "preact_resnet18 or preact_resnet50 (the authors' TF ResNets)"),
     stem: str = typer.Option("imagenet", "--stem", help="imagenet (7x7 conv + max-pool) or small"),
-    fmt: str = typer.Option("auto", "--format", help="auto (from the file's keys), torchvision, moco, npid, vissl, "
-                                                     "mmselfsup, hub or localagg"),
+    fmt: str = typer.Option("auto", "--format", help="auto (from the file), torchvision, moco, npid, vissl, "
+                                                     "mmselfsup, hub, localagg or tf-la (the authors' TF checkpoint; "
+                                                     "needs the extra `tf`: make setup-tf)"),
     embedding_dim: int = typer.Option(128, "--embedding-dim", min=1, help="keep a linear head of this width as the "
                                                                            "embedding (else: the pooled features)"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write the model (default models/<file stem>.pt)"),
@@ -236,6 +239,8 @@ def import_model(
                       f"({stem} stem); {info['embedding']}")
     if info["dropped"]:
         err_console.print(f"left out: {', '.join(info['dropped'][:8])}{' ...' if len(info['dropped']) > 8 else ''}")
+    if info.get("bank"):
+        err_console.print(f"memory bank kept: {info['bank']['rows']:,} x {info['bank']['dim']} ({info['bank']['order']})")
     if info["replaced_classes"]:
         err_console.print("pickled objects not loaded (inert placeholders): " + ", ".join(info["replaced_classes"]))
     err_console.print(f"wrote {info['out']}")

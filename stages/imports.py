@@ -1,7 +1,8 @@
 """`localagg import`: one published checkpoint converted into the pipeline's model format.
 
 Reads the file without running it (runtime.untrusted), finds its layout (models.foreign), loads
-its ResNet trunk strictly and writes an export (`models/<name>.pt` by default) whose provenance
+its ResNet trunk strictly (the authors' TensorFlow checkpoints, format tf-la: models.tf_checkpoint,
+with their memory bank) and writes an export (`models/<name>.pt` by default) whose provenance
 says where it came from: the source path and SHA-256, the format, how many trunk tensors were
 mapped, what the embedding is (the file's linear head, or the pooled conv5 feature), what was
 dropped and which pickled classes were replaced by placeholders. The evaluations read it like
@@ -16,6 +17,7 @@ numbers, which the report prints beside this run's).
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from localagg.errors import UserError
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 def import_checkpoint(path: Path, arch: str, stem: str = "imagenet", embedding_dim: int = 128, fmt: str = "auto",
                       out: Path | None = None, name: str | None = None) -> dict:
+    from localagg.models import tf_checkpoint as tfc
+
+    if fmt == tfc.TF_FORMAT or (fmt == "auto" and tfc.is_tf_checkpoint(path)):
+        return _import_tf(Path(path), arch, stem, out, name)
     from localagg.models.foreign import convert, detect, extract
     from localagg.runtime.checkpoint import save_export
     from localagg.runtime.untrusted import read_untrusted
@@ -40,6 +46,38 @@ def import_checkpoint(path: Path, arch: str, stem: str = "imagenet", embedding_d
             "format": fmt, "trunk_tensors": done.mapped, "embedding": done.head, "dropped": found.dropped,
             "replaced_classes": read.opaque, **done.model.meta(), "epochs_done": None}
     save_export(out, done.model.float(), "imported", provenance=[info])
+    return {**info, "out": str(out)}
+
+
+AUTHORS_ORDER = ("the authors' order: rows follow their ImageNet tfrecords (dataset_miscs/build_tfrs.py), not this "
+                 "pipeline's image order")
+
+
+def _import_tf(path: Path, arch: str, stem: str, out: Path | None, name: str | None) -> dict:
+    """The authors' TF checkpoint (models/tf_checkpoint.py) as an export with its memory bank.
+
+    The bank's rows are in the authors' image order, so its `dataset` names that order and no
+    digest: an LA warm start from it is refused (the pipeline's dataset digest never matches)."""
+    from localagg.models import tf_checkpoint as tfc
+    from localagg.runtime.checkpoint import save_export
+
+    with tfc.checkpoint_prefix(path) as prefix:
+        variables = tfc.read_variables(prefix, str(path))
+        hashed = path if path.is_file() else Path(str(prefix) + ".index")
+        sha = file_sha256(hashed)
+    found = tfc.split(variables, str(path))
+    done = tfc.convert(found, arch, stem, source=str(path))
+    name = name or re.sub(r"(\.index|\.tar|\.data-\d+-of-\d+)$", "", path.name)
+    out = out or Path("models") / f"{name}.pt"
+    bank = done.bank
+    info = {"objective": "imported", "name": name, "source": str(path), "source_sha256": sha,
+            "source_hashed": hashed.name, "format": tfc.TF_FORMAT, "trunk_tensors": done.mapped,
+            "embedding": done.head, "dropped": found.dropped, "replaced_classes": [],
+            "bank": None if bank is None else {"rows": bank.shape[0], "dim": bank.shape[1], "order": AUTHORS_ORDER},
+            **done.model.meta(), "epochs_done": None}
+    dataset = None if bank is None else {"name": "imagenet (the authors' tfrecords)", "num_items": bank.shape[0],
+                                         "digest": None, "order": AUTHORS_ORDER}
+    save_export(out, done.model.float(), "imported", bank=bank, dataset=dataset, provenance=[info])
     return {**info, "out": str(out)}
 
 

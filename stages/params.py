@@ -22,6 +22,7 @@ from localagg.evaluation.readout_config import LinearReadoutConfig
 from localagg.errors import UserError
 from localagg.models.config import ModelConfig
 from localagg.models.foreign import FORMATS
+from localagg.models.tf_checkpoint import TF_FORMAT
 from localagg.report.results import MODELS, PIXELS, PUBLISHED_CELLS
 from localagg.training.methods.instance_recognition import IRConfig
 from localagg.training.methods.local_aggregation import LAConfig
@@ -218,7 +219,7 @@ def check_seed(section: str, seed: int, seeds: list[int]) -> None:
 # --------------------------------------------------------------------------- external
 
 BUILT_IN = (*MODELS, PIXELS)  # the pipeline's own models: no entry may take their names
-CHECKPOINT_FORMATS = ("auto", *FORMATS)
+CHECKPOINT_FORMATS = ("auto", *FORMATS, TF_FORMAT)
 
 
 class ExternalModel(Section):
@@ -226,8 +227,10 @@ class ExternalModel(Section):
     the same transfer, kNN and detection cells as LA: `import@<name>` converts it into
     models/<name>.pt (stages/imports.py)."""
 
-    path: str = Field(min_length=1, description="the checkpoint file: absolute, or relative to the repository")
-    format: Literal[CHECKPOINT_FORMATS] = Field("auto", description="its layout (models/foreign.py); auto: from its keys")
+    path: str = Field(min_length=1, description="the checkpoint file (a TF checkpoint: the authors' tar or its "
+                                                 ".index): absolute, or relative to the repository")
+    format: Literal[CHECKPOINT_FORMATS] = Field("auto", description="its layout (models/foreign.py; tf-la: the authors' TF "
+                                                             "checkpoint, models/tf_checkpoint.py); auto: from the file")
     arch: Optional[str] = Field(None, description="the ResNet it holds; must be model.arch (null: model.arch)")
     method: Optional[str] = Field(None, description="what trained it, for the report (e.g. MoCo v2)")
     epochs: Optional[int] = Field(None, ge=0, description="its pretraining epochs, for the report")
