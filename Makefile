@@ -4,10 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast test-equality bench smoke-gpu lock clean-venv
+.PHONY: setup setup-tf repro test test-fast test-equality bench smoke-gpu lock clean-venv
 
 setup:
 	@scripts/setup.sh
+
+# setup plus the optional extra `tf` (TensorFlow, to import the authors' checkpoints; ~20 s with a fast
+# download, nothing when installed); `make test` installs it, so that the TF-checkpoint test runs
+setup-tf:
+	@scripts/setup.sh --tf
 
 repro: setup
 	$(BIN)/dvc repro
@@ -15,9 +20,9 @@ repro: setup
 # Test files run on 2 workers of 1 thread each (both cores; 2 threads per worker oversubscribe them
 # and cost 60% more time); a file's tests stay together so that its fixtures run once; the two
 # longest files start first, one per worker (tests/conftest.py). Set OMP_NUM_THREADS to override.
-PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --no-loadscope-reorder
 
-test: setup
+test: setup-tf
 	$(PYTEST)
 
 test-fast: setup
@@ -38,7 +43,8 @@ smoke-gpu: setup
 	$(BIN)/python -m benchmarks.gpu_smoke
 
 lock: setup
-	{ head -2 requirements.lock; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock.new
+	{ head -2 requirements.lock; $(BIN)/python -m pip freeze --exclude-editable \
+	    $$(sed -n 's/^\([A-Za-z0-9_.-]*\)==.*/--exclude \1/p' requirements-tf.lock); } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean-venv:

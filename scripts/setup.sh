@@ -3,6 +3,7 @@
 # Idempotent: with nothing changed it costs a few seconds. Called by `make` targets.
 #
 #   scripts/setup.sh            venv + system data
+#   scripts/setup.sh --tf       the same, plus the optional extra `tf` (requirements-tf.lock, against the lock)
 #   PYTHON=/path/python3.10 scripts/setup.sh   use this interpreter
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +63,21 @@ ensure_venv() {
     touch "$STAMP"
 }
 
+# The optional extra `tf` (TensorFlow, to read the authors' checkpoints): requirements-tf.lock installed
+# with requirements.lock as constraints, so that no locked version moves (unconstrained, pip takes numpy 2).
+TF_LOCK=requirements-tf.lock
+TF_STAMP=$VENV/.localagg-tf-installed
+ensure_tf() {
+    if [ -f "$TF_STAMP" ] && [ "$TF_STAMP" -nt "$TF_LOCK" ] && [ "$TF_STAMP" -nt "$STAMP" ]; then
+        return
+    fi
+    say "installing the optional extra tf from $TF_LOCK (TensorFlow CPU: a 300 MB download, 1.4 GB installed)"
+    pip_quiet install -q --disable-pip-version-check -r "$TF_LOCK" -c "$LOCK"
+    TF_CPP_MIN_LOG_LEVEL=3 TF_ENABLE_ONEDNN_OPTS=0 "$VENV/bin/python" -c 'import tensorflow, torch' \
+        || die "the extra tf installed but 'import tensorflow' fails (see above)."
+    touch "$TF_STAMP"
+}
+
 FASHION_DIR=/usr/share/datasets/fashion-mnist
 ensure_system_data() {
     [ -f "$FASHION_DIR/train-images-idx3-ubyte.gz" ] && return
@@ -89,6 +105,15 @@ ensure_plots_template() {
     "$VENV/bin/python" scripts/plots_template.py >&2 || die "writing $TEMPLATE failed (see above)."
 }
 
+WITH_TF=0
+for arg in "$@"; do
+    case "$arg" in
+        --tf) WITH_TF=1 ;;
+        *) die "unknown option $arg (scripts/setup.sh [--tf])" ;;
+    esac
+done
+
 ensure_venv
+if [ "$WITH_TF" = 1 ]; then ensure_tf; fi
 ensure_system_data
 ensure_plots_template
