@@ -16,6 +16,7 @@ numbers, which the report prints beside this run's).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -125,6 +126,12 @@ def entry_problems(name: str, entry, model_cfg) -> list[str]:
     if not source.is_file():
         out.append(f"external.{name}.path {entry.path} is not a file"
                    f"{' (a relative path starts at the repository)' if not source.is_absolute() else ''}")
+    elif entry.format in ("auto", "tf-la") and importlib.util.find_spec("tensorflow") is None:
+        from localagg.models import tf_checkpoint as tfc
+
+        if entry.format == tfc.TF_FORMAT or tfc.is_tf_checkpoint(source):
+            out.append(f"external.{name}.path {entry.path} is a TensorFlow checkpoint, and reading it needs the "
+                       f"optional extra `tf`: {tfc.INSTALL}")
     return out
 
 

@@ -316,3 +316,21 @@ def test_an_external_entry_may_name_the_format():
     from stages.params import ExternalModel
 
     assert ExternalModel(path="la_orig/checkpoint-1901710.tar", format="tf-la").format == "tf-la"
+
+
+def test_check_names_the_missing_extra_for_a_tf_entry(tmp_path, monkeypatch):
+    import importlib.util
+
+    from localagg.models.config import ModelConfig
+    from stages.imports import entry_problems
+    from stages.params import ExternalModel
+
+    with tarfile.open(tmp_path / "la.tar", "w") as tar:
+        info = tarfile.TarInfo("la_orig/model.ckpt-1.index")
+        tar.addfile(info, io.BytesIO(b""))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    entry = ExternalModel(path=str(tmp_path / "la.tar"))
+    problems = entry_problems("la_tf", entry, ModelConfig(arch="preact_resnet18", stem="imagenet"))
+    assert problems == [f"external.la_tf.path {tmp_path / 'la.tar'} is a TensorFlow checkpoint, and reading it needs "
+                        "the optional extra `tf`: make setup-tf (or: .venv/bin/pip install -r requirements-tf.lock "
+                        "-c requirements.lock)"]
