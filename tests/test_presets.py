@@ -1,4 +1,4 @@
-"""Presets: applying the paper's preset gives a params file whose every key of the paper's recipe
+"""Presets: applying each paper preset gives a params file whose every key of its network's recipe
 is the paper's value, with no comment left from the values it replaced; presets ship with the
 package."""
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from localagg.report.paper import RECIPE
+from localagg.report.paper import PRESETS, preset_recipe
 from stages import presets
 from stages.params import validate_all
 
@@ -56,27 +56,53 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-@pytest.fixture
-def applied(tmp_path):
+@pytest.fixture(params=sorted(PRESETS))
+def applied(tmp_path, request):
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
-    changed = presets.apply("paper-resnet50", path)
-    return path, changed
+    changed = presets.apply(request.param, path)
+    return request.param, path, changed
 
 
-def test_the_paper_preset_sets_every_key_of_the_papers_recipe(applied):
-    path, _ = applied
+def test_every_paper_preset_ships_and_every_preset_is_a_paper_network():
+    assert set(presets.available()) == set(PRESETS)
+
+
+def test_the_paper_preset_sets_every_key_of_its_networks_recipe(applied):
+    name, path, _ = applied
     validate_all(path)  # what `localagg check` runs
     values = yaml.safe_load(path.read_text())
-    wrong = {key: (_get(values, key), paper) for key, (paper, _) in RECIPE.items() if _get(values, key) != paper}
-    assert wrong == {}, "keys of the paper's recipe with another value after applying the preset"
-    preset = yaml.safe_load(presets.preset_path("paper-resnet50").read_text())
-    assert set(RECIPE) <= set(_leaves(preset))
+    recipe = preset_recipe(name)
+    wrong = {key: (_get(values, key), paper) for key, (paper, _) in recipe.items() if _get(values, key) != paper}
+    assert wrong == {}, "keys of the network's recipe with another value after applying the preset"
+    preset = yaml.safe_load(presets.preset_path(name).read_text())
+    assert set(recipe) <= set(_leaves(preset))
+
+
+@pytest.mark.parametrize("name, arch, la, readout", [
+    ("paper-resnet50", "preact_resnet50", (190, [142, 179], 10, 30000, 128), (70, [30, 60], 37, [16, 31], 1e-4)),
+    ("paper-resnet50-v1", "resnet50", (190, [142, 179], 10, 30000, 128), (70, [30, 60], 37, [16, 31], 1e-4)),
+    ("paper-resnet18", "preact_resnet18", (190, [150, 177], 10, 30000, 128), (70, [30, 60], 37, [16, 31], 1e-4)),
+    ("paper-alexnet", "alexnet", (150, [109, 132], 3, 30000, 128), (65, [45, 55], 34, [24, 29], 0.0)),
+    ("paper-vgg16", "vgg16", (158, [116, 138], 6, 10000, 256), (51, [11, 41], 27, [6, 21], 1e-4)),
+])
+def test_each_networks_schedule_is_the_tf_configs(name, arch, la, readout):
+    """The values derived from la_final.json / la_trans_final.json step counts, written out."""
+    r = {k: v for k, (v, _) in preset_recipe(name).items()}
+    assert r["model.arch"] == arch and r["pretrain_ia.epochs"] == 10 and r["pretrain_ia.batch_size"] == 128
+    assert (r["pretrain_la.epochs"], r["pretrain_la.lr_drops"], r["pretrain_la.num_kmeans"],
+            r["pretrain_la.num_clusters"], r["pretrain_la.batch_size"]) == la
+    assert (r["transfer.object.epochs"], r["transfer.object.lr_drops"], r["transfer.transfer.epochs"],
+            r["transfer.transfer.lr_drops"], r["transfer.object.weight_decay"]) == readout
+    assert r["transfer.transfer.weight_decay"] == readout[-1]
+    point = "before_maxpool" if arch in ("alexnet", "vgg16") else "after_maxpool"
+    assert r["transfer.object.conv1_point"] == r["transfer.transfer.conv1_point"] == point
+    assert r["transfer.object.train_augment"] == ("resize_random_crop_flip" if arch == "alexnet" else "pretraining")
 
 
 def test_after_apply_no_comment_is_left_from_a_replaced_value(applied):
-    path, _ = applied
-    preset_file = presets.preset_path("paper-resnet50")
+    name, path, _ = applied
+    preset_file = presets.preset_path(name)
     found, preset_comments = _comments(path), _comments(preset_file)
     preset_keys = set(_leaves(yaml.safe_load(preset_file.read_text()))) | {
         k for k in _comments(preset_file)}
@@ -91,20 +117,22 @@ def test_after_apply_no_comment_is_left_from_a_replaced_value(applied):
 
 
 def test_apply_reports_only_the_values_that_changed(applied):
-    path, changed = applied
+    name, path, changed = applied
     keys = {key for key, _, _ in changed}
     assert {"model.arch", "pretrain_ia.bank_init", "pretrain_ia.num_negatives", "supervised.epochs",
             "detection.max_iter"} <= keys
     assert "pretrain_ia.lr" not in keys and "model.stem" not in keys  # the same value before and after
-    assert dict((k, (o, n)) for k, o, n in changed)["model.arch"] == ("resnet18", "resnet50")
-    assert presets.apply("paper-resnet50", path) == []  # applying it again changes nothing
+    assert dict((k, (o, n)) for k, o, n in changed)["model.arch"] == ("resnet18", PRESETS[name][1])
+    assert presets.apply(name, path) == []  # applying it again changes nothing
 
 
 def test_presets_ship_inside_the_package_and_the_cli_lists_them(tmp_path):
     assert presets.PRESET_DIR.parent == Path(presets.__file__).parent
     out = subprocess.run([sys.executable, "-m", "stages", "preset", "list"], capture_output=True, text=True,
                          cwd=tmp_path)
-    assert out.returncode == 0 and out.stdout.startswith("paper-resnet50\t")
+    assert out.returncode == 0
+    listed = [line.split("\t", 1)[0] for line in out.stdout.splitlines()]
+    assert sorted(listed) == sorted(PRESETS)
 
 
 @pytest.mark.slow
@@ -116,4 +144,5 @@ def test_a_built_wheel_carries_the_presets(tmp_path):
                            str(tmp_path), str(REPO)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     wheel = next(tmp_path.glob("localagg-*.whl"))
-    assert "stages/presets/paper-resnet50.yaml" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert all(f"stages/presets/{name}.yaml" in names for name in PRESETS)

@@ -1,7 +1,10 @@
 """Whether a number of this run can be set against the paper's: the whole protocol, field by field.
 
 A number is comparable with the paper's only when everything that produced it equals the
-paper's recipe (`paper.RECIPE`) and datasets (`paper.DATASET_SIZES`):
+recipe of its network (`paper.NETWORKS`, chosen by the arch of the model's provenance:
+`paper.network_of`, where torchvision's v1 ResNets stand in for the authors' pre-activation
+ones) and the paper's datasets (`paper.DATASET_SIZES`); a network the paper has no row for
+is never comparable ("the paper has no resnet101 row"):
 
     pretraining  (from the model's provenance, the stages that built it: IR, then LA)
         architecture, dataset and its number of training images, crop size, the augmentation
@@ -13,7 +16,7 @@ paper's recipe (`paper.RECIPE`) and datasets (`paper.DATASET_SIZES`):
         train and test sets and their sizes, and the detection recipe keys
 
 Each function returns the differences as `Difference`s: short phrases ("resnet18 instead of
-resnet50", "10,000 of 1,281,167 training images", "IR + LA 4 + 8 of 10 + 190 epochs") that also
+preact_resnet50", "10,000 of 1,281,167 training images", "IR + LA 4 + 8 of 10 + 190 epochs") that also
 carry the key they concern, this run's value and the paper's (the rows of the report's "Why not
 comparable" table); an empty list means comparable.
 """
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .paper import BENCHMARK, DATASET_SIZES, DETECTION_SETS, IR_BASELINE_EPOCHS, PAPER_ARCH, RECIPE
+from .paper import BENCHMARK, DATASET_SIZES, DETECTION_SETS, IR_BASELINE_EPOCHS, NETWORKS, PAPER_ARCHS, network_of
 
 PAPER_DETECTOR = "tf-faster-rcnn"  # the authors' fork (neuroailab/tf-faster-rcnn): where 69.1 and 65.4 come from
 STAGE_SECTION = {"ir": "pretrain_ia", "la": "pretrain_la"}
@@ -78,18 +81,18 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def recipe_keys(section: str) -> list[str]:
-    """The keys the recipe sets in `section` ("pretrain_la", "transfer.object", "detection")."""
+def recipe_keys(section: str, network: str = "resnet50") -> list[str]:
+    """The keys the recipe of `network` sets in `section` ("pretrain_la", "transfer.object", "detection")."""
     n = len(section) + 1
-    return [k[n:] for k in RECIPE if k.startswith(section + ".") and "." not in k[n:]]
+    return [k[n:] for k in NETWORKS[network] if k.startswith(section + ".") and "." not in k[n:]]
 
 
-def _keys(found: dict, section: str, keys, label: str) -> list[Difference]:
-    """'<label> <key> <found> instead of <paper>' for each recipe key of `section` that differs;
-    a key the record does not hold is a difference too ('not recorded')."""
+def _keys(found: dict, section: str, keys, label: str, network: str = "resnet50") -> list[Difference]:
+    """'<label> <key> <found> instead of <paper>' for each key of `section` in `network`'s recipe
+    that differs; a key the record does not hold is a difference too ('not recorded')."""
     out = []
     for key in keys:
-        paper = RECIPE.get(f"{section}.{key}")
+        paper = NETWORKS[network].get(f"{section}.{key}")
         if paper is None:
             continue
         if key not in found:
@@ -119,29 +122,46 @@ def _sizes(subject: str, dataset: str, paper_dataset: str, train: int | None, va
     return out
 
 
-def _stage_differences(stage: dict, skip: set[str]) -> list[Difference]:
-    """One pretraining stage of a provenance against the paper's: network, data, augmentation,
-    and every recipe key of its section."""
+def no_row(arch: Any) -> Difference:
+    """The difference of a run whose network the paper has no row for."""
+    return Difference(f"the paper has no {arch} row", "architecture", str(arch), "/".join(PAPER_ARCHS.values()))
+
+
+def _stage_differences(stage: dict, skip: set[str], network: str) -> list[Difference]:
+    """One pretraining stage of a provenance against `network`'s recipe: network, data,
+    augmentation, and every recipe key of its section."""
     out = []
-    if stage.get("arch") != PAPER_ARCH:
-        out.append(Difference(f"{stage.get('arch')} instead of {PAPER_ARCH}", "architecture", str(stage.get("arch")),
-                              PAPER_ARCH))
+    if network_of(stage.get("arch")) != network:
+        paper_arch = PAPER_ARCHS[network]
+        out.append(Difference(f"{stage.get('arch')} instead of {paper_arch}", "architecture", str(stage.get("arch")),
+                              paper_arch))
     out += _sizes("pretraining", str(stage.get("dataset")), "imagenet", stage.get("train_images"), None)
     augment = stage.get("augment") or {}
-    crop = RECIPE["augment.crop_size"][0]
+    crop = NETWORKS[network]["augment.crop_size"][0]
     if augment.get("crop_size") != crop:
         out.append(Difference(f"{show(augment.get('crop_size'))} instead of {crop} px", "augment.crop_size",
                               show(augment.get("crop_size")), show(crop)))
-    out += _keys(augment, "augment", [k for k in recipe_keys("augment") if k != "crop_size"], "augment.")
+    out += _keys(augment, "augment", [k for k in recipe_keys("augment", network) if k != "crop_size"], "augment.",
+                 network)
     section = STAGE_SECTION[stage["objective"]]
-    return out + _keys(stage.get("config") or {}, section, [k for k in recipe_keys(section) if k not in skip],
-                       f"{section}.")
+    return out + _keys(stage.get("config") or {}, section,
+                       [k for k in recipe_keys(section, network) if k not in skip], f"{section}.", network)
+
+
+def provenance_network(provenance: list[dict]) -> str | None:
+    """The paper network of a model: that of the arch of the stage that built it last."""
+    return network_of(provenance[-1].get("arch")) if provenance else None
 
 
 def pretraining_differences(model: str, provenance: list[dict]) -> list[Difference]:
     """How the pretraining of model `model` ("la" or "ir") differs from the paper's: every stage
-    of its provenance (IR, then LA), each against the whole recipe. A difference every stage has
-    is said once; one that only some have is said with their names ("LA: 96 instead of 224 px")."""
+    of its provenance (IR, then LA), each against the whole recipe of its network. A difference
+    every stage has is said once; one that only some have is said with their names ("LA: 96
+    instead of 224 px")."""
+    network = provenance_network(provenance)
+    if provenance and network is None:
+        return [no_row(provenance[-1].get("arch"))]
+    recipe = NETWORKS[network or "resnet50"]
     wanted = ["ir", "la"] if model == "la" else ["ir"]
     found = [stage.get("objective") for stage in provenance]
     if found != wanted:
@@ -149,14 +169,14 @@ def pretraining_differences(model: str, provenance: list[dict]) -> list[Differen
         return [Difference(f"trained by {stages} instead of {' + '.join(wanted)}", "pretraining stages", stages,
                            " + ".join(wanted))]
     skip = {"epochs"} | ({"lr_drops"} if model == "ir" else set())  # Wu et al.'s schedule is not in the recipe
-    per_stage = [_stage_differences(stage, skip) for stage in provenance]
+    per_stage = [_stage_differences(stage, skip, network) for stage in provenance]
     shared, own = [], []
     for phrase in dict.fromkeys(p for phrases in per_stage for p in phrases):
         holders = [stage["objective"].upper() for stage, phrases in zip(provenance, per_stage) if phrase in phrases]
         (shared if len(holders) == len(provenance) else own).append(
             phrase if len(holders) == len(provenance) else phrase.held_by(" and ".join(holders)))
     epochs = [stage.get("epochs_done") for stage in provenance]
-    paper_epochs = ([RECIPE["pretrain_ia.epochs"][0], RECIPE["pretrain_la.epochs"][0]] if model == "la"
+    paper_epochs = ([recipe["pretrain_ia.epochs"][0], recipe["pretrain_la.epochs"][0]] if model == "la"
                     else [IR_BASELINE_EPOCHS])
     if epochs != paper_epochs:
         names = " + ".join(o.upper() for o in wanted)
@@ -165,12 +185,13 @@ def pretraining_differences(model: str, provenance: list[dict]) -> list[Differen
     return shared + own
 
 
-def readout_differences(role: str, protocol: dict) -> list[Difference]:
-    """How a transfer cell's dataset and readout differ from the paper's for `role` (object, transfer)."""
+def readout_differences(role: str, protocol: dict, network: str = "resnet50") -> list[Difference]:
+    """How a transfer cell's dataset and readout differ from `network`'s recipe for `role` (object, transfer)."""
     paper_dataset = BENCHMARK[role]
     out = _sizes("readout", str(protocol.get("dataset")), paper_dataset, protocol.get("train_images"),
                  protocol.get("val_images"), lead="readout on ")
-    return out + _keys(protocol.get("readout") or {}, f"transfer.{role}", recipe_keys(f"transfer.{role}"), "readout ")
+    section = f"transfer.{role}"
+    return out + _keys(protocol.get("readout") or {}, section, recipe_keys(section, network), "readout ", network)
 
 
 def set_name(pairs) -> str:

@@ -11,7 +11,9 @@ import re
 
 from . import comparability, seeds
 from .comparability import set_name
-from .paper import DETECTION_SETS, DEVIATIONS, HEADLINE, PAPER_ARCH, RECIPE, paper_value
+from .paper import (DETECTION_SETS, HEADLINE, NETWORK_NAMES, PAPER_ARCHS, PRESETS, RECIPE, network_of, paper_value,
+                    verified)
+from .paper import deviations as paper_deviations
 from .results import (KNN_LAYERS, LAYERS, PIXELS, PUBLISHED_CELLS, ROLES, Cell, Record, RunMetrics, Stat,
                       baseline_order, best_layer, label, models_in)
 
@@ -86,13 +88,33 @@ def _counts(prepare: Record, role: str) -> str:
     return f"{classes} classes; " + ", ".join(f"{split} {n:,}" for split, n in sizes if isinstance(n, int))
 
 
+def unverified(arch: str) -> str:
+    """Why no number of a run of `arch` is set against the paper's ('' where the paper's are verified)."""
+    network = network_of(arch)
+    if network is None:
+        return f"The paper has no `{arch}` row, so no number of this run is set against the paper's."
+    if not verified(network):
+        return (f"The paper's {NETWORK_NAMES[network]} numbers are not verified from a primary source here, so this "
+                "run's numbers stand without a difference from the paper's.")
+    return ""
+
+
 def statement(idents: dict[str, tuple[str, str]], prepare: Record, ix: dict[tuple, Cell]) -> str:
     """What this run measured and whether its headline numbers can be set against the paper's."""
     used = "; ".join(f"{ROLE_NOUN[role]} `{name}` ({_counts(prepare, role)})" for role, (name, _) in idents.items())
     arches = "/".join(sorted({arch for _, arch in idents.values()}))
+    network = network_of(idents["object"][1])
+    backbone = (f"`{PAPER_ARCHS[network]}` for its {NETWORK_NAMES[network]} rows" if network else
+                "ResNet-18, ResNet-50, AlexNet and VGG16")
     text = (f"This run used: {used}; backbone `{arches}`. The paper used ImageNet (object), Places205 "
-            f"(transfer) and PASCAL VOC07 (detection) with {PAPER_ARCH}.")
+            f"(transfer) and PASCAL VOC07 (detection) with {backbone}.")
+    why = unverified(idents["object"][1])
+    if why:
+        text += " " + why
     rows = _headline_cells(ix)
+    if why and rows and all(cell is not None and not cell.differences for _, _, cell in rows):
+        return text + (f" Every headline number was produced with the paper's whole {NETWORK_NAMES[network]} "
+                       "protocol; the remaining differences from the authors' code are listed under Deviations.")
     comparable = [f"{bench} ({model.upper()})" for bench, model, cell in rows
                   if cell is not None and cell.published is not None and not cell.differences]
     if rows and len(comparable) == len(rows):
@@ -109,7 +131,8 @@ def statement(idents: dict[str, tuple[str, str]], prepare: Record, ix: dict[tupl
 
 
 def _headline_cells(ix: dict[tuple, Cell]) -> list[tuple[str, str, Cell | None]]:
-    """(row label, model, cell) for the LA and IR cells of every headline row the paper has a number for."""
+    """(row label, model, cell) for the LA and IR cells of every headline row the paper's table has
+    (its ResNet-50 numbers: the rows of every network's table)."""
     out = []
     for bench, role, task, layer, metric in HEADLINE:
         for model in ("la", "ir"):
@@ -225,26 +248,31 @@ def _column(bench: str, model: str) -> str:
     return f"{model.upper()}, {short}"
 
 
-def headline(ix: dict[tuple, Cell]) -> str:
-    """The paper's headline table, one line per benchmark: the paper's LA and IR numbers and, for
-    this run, each comparable number with its difference from the paper's; a number measured
-    under another protocol is shown with what differs only where its dataset is the benchmark's
-    (elsewhere it is another quantity: the tables below have it), else the count of differences."""
+def headline(ix: dict[tuple, Cell], arch: str) -> str:
+    """The paper's headline table for the network of `arch`, one line per benchmark: the paper's LA
+    and IR numbers and, for this run, each comparable number with its difference from the paper's;
+    a number measured under another protocol is shown with what differs only where its dataset is
+    the benchmark's (elsewhere it is another quantity: the tables below have it), else the count
+    of differences. Where the paper's numbers for the network are not verified (or it has no such
+    row), the table has this run's numbers only, without a difference, and says so."""
+    network = network_of(arch)
+    shown = verified(network)
     rows, sources = [], []
     for bench, role, task, layer, metric in HEADLINE:
         ours = []
         for model in ("la", "ir"):
-            paper = paper_value(model, role, task, layer, metric)
-            cell = ix.get((model, task, role, layer, metric))
-            if paper is None:
+            if paper_value(model, role, task, layer, metric) is None:  # not a row of the paper's table
                 continue
+            paper = paper_value(model, role, task, layer, metric, network)
+            cell = ix.get((model, task, role, layer, metric))
             if cell is None:
                 ours.append(f"{model.upper()} not measured" + (" (ten_crop: false)" if metric.endswith("10crop") else ""))
                 continue
             sources += cell.sources
             value = fmt(cell.stat, with_n=True)
             if not cell.differences:
-                ours.append(f"{model.upper()} {value} ({cell.stat.mean - paper:+.2f} from the paper's)")
+                ours.append(f"{model.upper()} {value}"
+                            + (f" ({cell.stat.mean - paper:+.2f} from the paper's)" if paper is not None else ""))
             elif not any(d.key.endswith("dataset") for d in cell.differences):
                 ours.append(f"{model.upper()} {value} ({_reasons(cell.differences)})")
             else:
@@ -254,12 +282,18 @@ def headline(ix: dict[tuple, Cell]) -> str:
         if counted:
             said.append("not comparable (" + ", ".join(f"{name}: {n} differences" for name, n in counted)
                         + "; see \"Why not comparable\")")
-        rows.append([bench, _paper(paper_value("la", role, task, layer, metric)),
-                     _paper(paper_value("ir", role, task, layer, metric)), "; ".join(said)])
-    return ("## The paper's table\n\nThe paper's ResNet-50 numbers. This run's number stands beside one only where "
-            "it measured the same benchmark; its difference from the paper's is given only where the whole protocol "
-            "was the paper's.\n\n" + table(["benchmark (paper, ResNet-50)", "paper LA", "paper IR", "this run"], rows)
-            + "\n\n" + source_line(sources))
+        papers = [_paper(paper_value(m, role, task, layer, metric, network)) for m in ("la", "ir")] if shown else []
+        rows.append([bench, *papers, "; ".join(said)])
+    name = NETWORK_NAMES[network] if network else arch
+    if shown:
+        return (f"## The paper's table\n\nThe paper's {name} numbers. This run's number stands beside one only where "
+                "it measured the same benchmark; its difference from the paper's is given only where the whole "
+                "protocol was the paper's.\n\n"
+                + table([f"benchmark (paper, {name})", "paper LA", "paper IR", "this run"], rows)
+                + "\n\n" + source_line(sources))
+    return (f"## The paper's table\n\n{unverified(arch)} This run's numbers on the paper's benchmarks, each with "
+            f"what differs from the paper's {name} protocol where anything does.\n\n"
+            + table([f"benchmark ({name})", "this run"], rows) + "\n\n" + source_line(sources))
 
 
 def why_not(ix: dict[tuple, Cell]) -> str:
@@ -290,23 +324,31 @@ def why_not(ix: dict[tuple, Cell]) -> str:
             theirs = next(d.paper for d in cell.differences if d.key == key)
             row.append(values[i] if paper is not None else f"{values[i]} (paper {theirs})")
         rows.append(row)
-    return ("## Why not comparable\n\nWhat differs from the paper's protocol (paper.RECIPE and the datasets' released "
+    return ("## Why not comparable\n\nWhat differs from the paper's protocol (its network's recipe, paper.NETWORKS, and "
+            "the datasets' released "
             "sizes), read from the records' `protocol` and `provenance`: one row per key, this run's value in each "
             "headline number's column where it differs (blank: the paper's value).\n\n"
             + table(["key", "paper", *(name for name, _ in columns)], rows))
 
 
-def deviations(ix: dict[tuple, Cell]) -> str:
-    """What departs from the authors' code even with the paper's whole recipe; the opening says
-    whether this run had that recipe (every headline number comparable) or not."""
+def _preset(arch: str) -> str:
+    """The paper preset that builds `arch` (paper-resnet50 for a network the paper has no row for)."""
+    return next((name for name, (_, built) in PRESETS.items() if built == arch), "paper-resnet50")
+
+
+def deviations(ix: dict[tuple, Cell], arch: str) -> str:
+    """What departs from the authors' code even with the whole recipe of the network of `arch`;
+    the opening says whether this run had that recipe (no headline number with a difference) or not."""
     rows = [cell for _, _, cell in _headline_cells(ix)]
+    command = f"`localagg preset apply {_preset(arch)}`"
     if rows and all(cell is not None and not cell.differences for cell in rows):
-        opening = ("This run used every key of the paper's recipe (`localagg preset apply paper-resnet50`); these "
-                   "differences from the authors' code remain:")
+        opening = (f"This run used every key of the paper's recipe ({command}); these differences from the authors' "
+                   "code remain:")
     else:
         opening = ("This run did not use the paper's whole recipe (see \"Why not comparable\"). Even with it "
-                   "(`localagg preset apply paper-resnet50`), these differences from the authors' code remain:")
-    return "## Deviations from the authors' code\n\n" + opening + "\n\n" + "\n".join(f"- {d}" for d in DEVIATIONS)
+                   f"({command}), these differences from the authors' code remain:")
+    return ("## Deviations from the authors' code\n\n" + opening + "\n\n"
+            + "\n".join(f"- {d}" for d in paper_deviations(arch)))
 
 
 def _n_header(ix, task, role, layer, metric) -> list[str]:
@@ -648,7 +690,7 @@ def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str], facts: dict[s
     ix = {c.key: c for c in cells}
     idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
     parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), zoo(m, cells, ix, idents),
-             headline(ix), why_not(ix), HOW_TO_READ, baselines(cells, ix, idents), readout(ix, idents, m), knn(ix, idents, m),
-             detection(ix, idents["detection"], m), imported(m, cells, ix), pretraining(m), deviations(ix), cost(m), figures(figs, m, ix, facts),
+             headline(ix, idents["object"][1]), why_not(ix), HOW_TO_READ, baselines(cells, ix, idents), readout(ix, idents, m), knn(ix, idents, m),
+             detection(ix, idents["detection"], m), imported(m, cells, ix), pretraining(m), deviations(ix, idents["object"][1]), cost(m), figures(figs, m, ix, facts),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"

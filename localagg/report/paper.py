@@ -4,20 +4,46 @@ from the authors' code. The only place in the code that holds them.
 Sources: Zhuang, Zhai, Yamins, ICCV 2019 (arXiv 1903.12355) and the authors' code
 (neuroailab/LocalAggregation, TensorFlow; its PyTorch port; their detector fork
 neuroailab/tf-faster-rcnn), as collected in the project's shared docs (la-method.md) and
-read from those repositories. All numbers are ResNet-50, in percent. The paper evaluates
+read from those repositories. The published numbers are ResNet-50's, in percent (the only ones
+verified from a primary source here; the paper's ResNet-18, AlexNet and VGG16 rows are not, so
+`PUBLISHED` has none for them and the report prints those runs without a difference from the
+paper's). The paper evaluates
 the readout with 10 crops and also reports the single centre crop; the only number marked
 as centre crop is LA's 58.8 on ImageNet, so every other linear number is filed as 10-crop.
 
-`RECIPE` maps params keys to the paper's values: the paper preset must set each of them
-(a test checks it), and the report calls a number comparable only when the run that made it
-used them (localagg.report.comparability).
+`NETWORKS` holds one recipe per paper network (params key -> (value, source)): what all share,
+with each network's own keys over it; `RECIPE` is ResNet-50's. Each paper preset sets every key
+of its network's recipe (`preset_recipe`; a test checks it key by key), and the report calls a
+number comparable only when the run that made it used its network's recipe
+(localagg.report.comparability). Epochs and lr drops come from the TF configs' global step
+counts (exp_configs/la_final.json, la_trans_final.json, la_plc_trans_final.json): an ImageNet
+epoch is 10,009 steps at batch 128 and 5,004 at batch 256 (param_setter.py: 1,281,167 //
+batch_size); LA's steps continue IR's 100,090 and the readouts' continue LA's; a Places205
+epoch at batch 128 is 2,448,873 / 128 = 19,131.8 steps. The pipeline drops the lr at epoch
+boundaries, so fractional drops are rounded to the nearest epoch (listed under the network's
+deviations).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-PAPER_ARCH = "resnet50"
+# the paper's networks: their names in the report, and the backbone the authors built (model.arch)
+NETWORK_NAMES = {"resnet50": "ResNet-50", "resnet18": "ResNet-18", "alexnet": "AlexNet", "vgg16": "VGG16"}
+PAPER_ARCHS = {"resnet50": "preact_resnet50", "resnet18": "preact_resnet18", "alexnet": "alexnet", "vgg16": "vgg16"}
+# torchvision's v1 ResNets stand in for the authors' pre-activation ones, as in the community's tables
+# (la-method.md: "acceptable when the report says so"): a v1 run is compared with its network's row,
+# and the report lists the backbone under Deviations.
+V1_SUBSTITUTES = {"resnet50": "resnet50", "resnet18": "resnet18"}
+# preset -> (the paper network, the model.arch it sets)
+PRESETS = {"paper-resnet50": ("resnet50", "preact_resnet50"), "paper-resnet50-v1": ("resnet50", "resnet50"),
+           "paper-resnet18": ("resnet18", "preact_resnet18"), "paper-alexnet": ("alexnet", "alexnet"),
+           "paper-vgg16": ("vgg16", "vgg16")}
+
+
+def network_of(arch: str | None) -> str | None:
+    """The paper network whose rows a run of `arch` stands beside (None: the paper has no such row)."""
+    return {**{a: n for n, a in PAPER_ARCHS.items()}, **V1_SUBSTITUTES}.get(str(arch))
 
 # The paper's dataset for each role of this pipeline (the names `prepare` writes).
 BENCHMARK = {"object": "imagenet", "transfer": "places205", "detection": "voc07"}
@@ -32,8 +58,8 @@ IR_BASELINE_EPOCHS = 200
 
 _LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
-# (model, task, dataset, layer, metric) -> percent
-PUBLISHED: dict[tuple[str, str, str, str, str], float] = {
+# network -> (model, task, dataset, layer, metric) -> percent; only ResNet-50's are verified (la-method.md)
+PUBLISHED: dict[str, dict[tuple[str, str, str, str, str], float]] = {"resnet50": {
     ("la", "linear", "imagenet", "conv5", "top1_10crop"): 60.2,
     ("la", "linear", "imagenet", "conv5", "top1"): 58.8,
     ("la", "linear", "places205", "conv5", "top1_10crop"): 50.1,
@@ -43,7 +69,7 @@ PUBLISHED: dict[tuple[str, str, str, str, str], float] = {
        for layer, v in zip(_LAYERS, (15.3, 18.8, 24.9, 40.6, 54.0))},
     **{("ir", "linear", "places205", layer, "top1_10crop"): v
        for layer, v in zip(_LAYERS, (18.1, 22.3, 29.7, 42.1, 45.5))},
-}
+}}
 
 # The headline table: (label, role, task, layer, metric).
 HEADLINE = (
@@ -59,8 +85,8 @@ _READOUT = f"{_TF}: trans_param_setter.py, la_trans_final.json"
 _VOC07 = ("VISSL's Detectron2 VOC07-trainval protocol (rn50_transfer_voc07_detectron2_e2e.yaml, as in PIRL): "
           "the authors' detector trained on VOC07 trainval only")
 
-# params key -> (the paper's value, where it comes from)
-RECIPE: dict[str, tuple[Any, str]] = {
+# params key -> (the paper's value, where it comes from): what the four networks share
+_SHARED: dict[str, tuple[Any, str]] = {
     "prepare.object.source": ("imagenet", "the paper: ImageNet (ILSVRC2012)"),
     "prepare.object.num_train": (0, "all 1,281,167 training images"),
     "prepare.object.num_val": (0, "all 50,000 validation images"),
@@ -68,8 +94,8 @@ RECIPE: dict[str, tuple[Any, str]] = {
     "prepare.detection.source": ("voc", "the paper: PASCAL VOC"),
     "prepare.detection.trainval": (DETECTION_SETS["train"], "tf-faster-rcnn fork: voc_2007_trainval"),
     "prepare.detection.test": (DETECTION_SETS["test"], "the paper: VOC2007 test"),
-    "model.arch": ("resnet50", "the paper's ResNet-50 rows"),
-    "model.stem": ("imagenet", "ResNet's 7x7/2 stem + max-pool"),
+    "model.stem": ("imagenet", "the networks' own ImageNet stems (ResNet: 7x7/2 + max-pool)"),
+    "model.bn_momentum": (0.003, f"{_TF}: batch-norm decay 0.997 (torch momentum 1 - 0.997)"),
     "model.embedding_dim": (128, "la-method.md: linear head to D = 128"),
     "augment.crop_size": (224, _IMAGENET_AUG),
     "augment.crop_scale": ([0.2, 1.0], _IMAGENET_AUG),
@@ -96,12 +122,7 @@ RECIPE: dict[str, tuple[Any, str]] = {
     "pretrain_ia.nce_z_per_image": (2876934.2 / 1281167, f"{_TF}: instance_Z = 2876934.2 / 1281167 * N"),
     "pretrain_ia.bank_init": ("uniform", f"{_TF}: memory_bank.py, uniform in +-1/sqrt(D/3)"),
     "pretrain_ia.bank_normalize_init": (False, f"{_TF}: the bank is not normalised at init"),
-    "pretrain_la.epochs": (190, f"{_TF}: res50_LA, 2,001,800 steps = 200 epochs with IR's 10"),
-    "pretrain_la.lr_drops": ([142, 179], f"{_TF}: lr_boundaries 1,522,000 and 1,895,857 = epochs 152.06 and 189.42 "
-                                         "of 200, i.e. LA epochs 142 and 179 at epoch boundaries"),
     "pretrain_la.k": (4096, f"{_TF}: background neighbours = instance_k"),
-    "pretrain_la.num_kmeans": (10, f"{_TF}: kmeans_k, 10 clusterings"),
-    "pretrain_la.num_clusters": (30000, f"{_TF}: kmeans_k, 30,000 clusters each"),
     "pretrain_la.kmeans_iterations": (20, f"{_TF}: cluster_km.py niter"),
     "pretrain_la.kmeans_seed": (1234, f"{_TF}: cluster_km.py seed 1234 + h"),
     "supervised.epochs": (90, "torchvision's reference recipe (references/classification)"),
@@ -115,20 +136,14 @@ RECIPE: dict[str, tuple[Any, str]] = {
         "lr": (0.01, f"{_READOUT}: lr 0.01"),
         "batch_size": (128, f"{_READOUT}: batch 128"),
         "momentum": (0.9, f"{_READOUT}: momentum 0.9"),
-        "weight_decay": (0.0001, f"{_READOUT}: 1e-4 on the classifiers"),
+        "weight_decay": (0.0001, f"{_READOUT}: weight_decay default 1e-4 on the classifiers"),
         "crop_size": (224, f"{_READOUT}: 224 crops"),
         "eval_resize": (256, f"{_READOUT}: prep_10crops_validate, short side 256"),
         "ten_crop": (True, f"{_READOUT}: 10 crops, softmax averaged"),
         "pool_rule": ("official", f"{_READOUT}: get_resnet_all_layers, pool by 2 or 4 above 200,000 dims"),
         "pool_target_dims": (200000, f"{_READOUT}: the 200,000 dims limit"),
-        "conv1_point": ("after_maxpool", f"{_READOUT}: ENDING_POINTS[0] is the max-pooled conv1"),
         "standardize": (False, f"{_READOUT}: the classifiers read the raw pooled features"),
     }.items()},
-    "transfer.object.epochs": (70, f"{_READOUT}: lr_boundaries 30 and 60 epochs after LA, stopped at 70"),
-    "transfer.object.lr_drops": ([30, 60], f"{_READOUT}: lr_boundaries 2,302,070 and 2,602,340"),
-    "transfer.object.train_augment": ("pretraining", f"{_READOUT}: resnet_train, the pretraining augmentation"),
-    "transfer.transfer.epochs": (37, f"{_READOUT}: the same 700,630 steps as ImageNet = 36.62 Places205 epochs"),
-    "transfer.transfer.lr_drops": ([16, 31], f"{_READOUT}: the same steps as ImageNet's drops = epochs 15.69, 31.39"),
     "transfer.transfer.train_augment": ("resize_random_crop_flip",
                                         f"{_READOUT}: alexnet_crop_flip, random 224 crop of the central 256 + flip"),
     "transfer.knn.k": (200, "InstDisc's kNN monitor: k = 200"),
@@ -152,15 +167,132 @@ RECIPE: dict[str, tuple[Any, str]] = {
     "detection.pooler_resolution": (14, _VOC07),
 }
 
-# Where this implementation, run with the paper preset, still departs from the authors' code.
+_TRANS = f"{_TF}: la_trans_final.json (ImageNet) and la_plc_trans_final.json (Places205)"
+_PLACES_STEPS = "Places205 epochs of 19,131.8 steps"
+
+
+def _resnet(network: str, la_drops: tuple[list[int], str]) -> dict[str, tuple[Any, str]]:
+    """The ResNets' own keys: IR 10 + LA 190 epochs, 10 x 30,000 clusters, the readout of
+    res50/res18 in la_trans_final.json (the same steps for both)."""
+    tag = {"resnet50": "res50", "resnet18": "res18"}[network]
+    return {
+        "model.arch": (PAPER_ARCHS[network], f"{_TF}: resnet_model.py, TF-official v2 (DEFAULT_VERSION = 2), "
+                                             f"{tag}_LA's model_type"),
+        "pretrain_la.epochs": (190, f"{_TF}: {tag}_LA train_num_steps 2,001,800 = 200 x 10,009, IR's 10 epochs "
+                                    "included: LA 190"),
+        "pretrain_la.lr_drops": la_drops,
+        "pretrain_la.num_kmeans": (10, f"{_TF}: {tag}_LA kmeans_k, 10 clusterings"),
+        "pretrain_la.num_clusters": (30000, f"{_TF}: {tag}_LA kmeans_k, 30,000 clusters each"),
+        **_readout(
+            conv1=("after_maxpool", f"{_TRANS}: get_all_layers {'1,4,8,14,17' if tag == 'res50' else '1,3,5,7,9'}; "
+                                    "ENDING_POINTS[1] is the first block's BN-ReLU of the max-pooled stem"),
+            imagenet=(70, [30, 60], f"trans_{tag}_LA: from LA's step 2,001,800, lr_boundaries 2,302,070 and "
+                                    "2,602,340 = 30 and 60 epochs of 10,009 steps, train_num_steps 2,702,430 = 70"),
+            places=(37, [16, 31], f"plc_trans_{tag}_LA: ImageNet's steps, 300,270, 600,540 and 700,630 = 15.69, "
+                                  f"31.39 and 36.62 {_PLACES_STEPS}"),
+            imagenet_augment=("pretraining", "train_crop default: resnet_train, the pretraining augmentation")),
+    }
+
+
+def _readout(conv1, imagenet, places, imagenet_augment, weight_decay=None) -> dict[str, tuple[Any, str]]:
+    """A network's readout keys: conv1's point, each role's epochs and drops, ImageNet's training crops."""
+    out = {"transfer.object.train_augment": (imagenet_augment[0], f"{_TRANS}: {imagenet_augment[1]}")}
+    for role, (epochs, drops, how) in (("object", imagenet), ("transfer", places)):
+        out[f"transfer.{role}.conv1_point"] = conv1
+        out[f"transfer.{role}.epochs"] = (epochs, f"{_TF}: {how}")
+        out[f"transfer.{role}.lr_drops"] = (drops, f"{_TF}: {how}")
+        if weight_decay is not None:
+            out[f"transfer.{role}.weight_decay"] = weight_decay
+    return out
+
+
+# network -> its own keys over _SHARED
+_OWN: dict[str, dict[str, tuple[Any, str]]] = {
+    "resnet50": _resnet("resnet50", ([142, 179], f"{_TF}: res50_LA lr_boundaries 1,522,000 and 1,895,857 = global "
+                                                 "epochs 152.06 and 189.42 (/ 10,009), LA epochs 142.06 and 179.42: "
+                                                 "142 and 179")),
+    "resnet18": _resnet("resnet18", ([150, 177], f"{_TF}: res18_LA lr_boundaries 1,600,000 and 1,873,411 = global "
+                                                 "epochs 159.86 and 187.17 (/ 10,009), LA epochs 149.86 and 177.17: "
+                                                 "150 and 177")),
+    "alexnet": {
+        "model.arch": ("alexnet", f"{_TF}: alexnet_LA model_type alexnet_bn_no_drop (alexnet_model.py)"),
+        "pretrain_la.epochs": (150, f"{_TF}: alexnet_LA train_num_steps 1,601,440 = 160 x 10,009, IR's 100,090 "
+                                    "included: LA 1,501,350 steps = 150 epochs"),
+        "pretrain_la.lr_drops": ([109, 132], f"{_TF}: alexnet_LA lr_boundaries 1,190,000 and 1,423,100 = global "
+                                             "epochs 118.89 and 142.18 (/ 10,009), LA epochs 108.89 and 132.18: "
+                                             "109 and 132"),
+        "pretrain_la.num_kmeans": (3, f"{_TF}: alexnet_LA kmeans_k, 3 clusterings"),
+        "pretrain_la.num_clusters": (30000, f"{_TF}: alexnet_LA kmeans_k, 30,000 clusters each"),
+        **_readout(
+            conv1=("before_maxpool", f"{_TRANS}: get_all_layers conv1..conv5, get_alexnet_all_layers reads conv1's "
+                                     "BN-ReLU before pool1"),
+            imagenet=(65, [45, 55], "trans_alexnet_LA: from LA's step 1,601,440, lr_boundaries 2,051,845 and "
+                                    "2,151,935 = 45 and 55 epochs of 10,009 steps, train_num_steps 2,252,025 = 65"),
+            places=(34, [24, 29], "plc_trans_alexnet_LA: ImageNet's steps, 450,405, 550,495 and 650,585 = 23.54, "
+                                  f"28.77 and 34.01 {_PLACES_STEPS}: 24, 29, 34"),
+            imagenet_augment=("resize_random_crop_flip", "train_crop alexnet_crop_flip: a random 224 crop of the "
+                                                         "central 256 square + flip"),
+            weight_decay=(0.0, f"{_TRANS}: weight_decay 0 for AlexNet's classifiers")),
+    },
+    "vgg16": {
+        "model.arch": ("vgg16", f"{_TF}: vggnet_LA model_type vggnet_fx (vggnet_model.py, with batch norm)"),
+        "pretrain_la.batch_size": (256, f"{_TF}: vggnet_LA batch_size 256 (its IR: the default 128)"),
+        "pretrain_la.epochs": (158, f"{_TF}: vggnet_LA train_num_steps 890,712, IR's 100,090 (batch 128) "
+                                    "included: LA 790,622 steps of batch 256 = 158.00 epochs of 5,004"),
+        "pretrain_la.lr_drops": ([116, 138], f"{_TF}: vggnet_LA lr_boundaries 680,681 and 790,791 = LA steps "
+                                             "580,591 and 690,701 = LA epochs 116.03 and 138.03 (/ 5,004): 116 and "
+                                             "138"),
+        "pretrain_la.num_kmeans": (6, f"{_TF}: vggnet_LA kmeans_k, 6 clusterings"),
+        "pretrain_la.num_clusters": (10000, f"{_TF}: vggnet_LA kmeans_k, 10,000 clusters each"),
+        **_readout(
+            conv1=("before_maxpool", f"{_TRANS}: get_all_layers 0,1,2,3,4, ENDING_POINTS[0] is conv1_final's "
+                                     "BN-ReLU before pool1"),
+            imagenet=(51, [11, 41], "trans_vggnet_LA: from LA's step 890,712, lr_boundaries 1,000,900 and "
+                                    "1,301,170 = 11.01 and 41.01 epochs of 10,009 steps, train_num_steps 1,401,260 "
+                                    "= 51.01: 11, 41, 51"),
+            places=(27, [6, 21], "plc_trans_vggnet_LA: ImageNet's steps, 110,188, 410,458 and 510,548 = 5.76, "
+                                 f"21.45 and 26.69 {_PLACES_STEPS}: 6, 21, 27"),
+            imagenet_augment=("pretraining", "train_crop default: resnet_train, the pretraining augmentation")),
+    },
+}
+
+# network -> params key -> (the paper's value, where it comes from)
+NETWORKS: dict[str, dict[str, tuple[Any, str]]] = {net: {**_SHARED, **own} for net, own in _OWN.items()}
+RECIPE = NETWORKS["resnet50"]
+
+
+def preset_recipe(preset: str) -> dict[str, tuple[Any, str]]:
+    """The recipe a paper preset sets: its network's, with the backbone it builds (v1 for -v1)."""
+    network, arch = PRESETS[preset]
+    recipe = dict(NETWORKS[network])
+    if arch != PAPER_ARCHS[network]:
+        recipe["model.arch"] = (arch, f"torchvision's v1 {NETWORK_NAMES[network]}, the community's substitute "
+                                      f"for the authors' {PAPER_ARCHS[network]} (listed under Deviations)")
+    return recipe
+
+
+# Where this implementation, run with a paper preset, still departs from the authors' code: what every
+# network shares (DEVIATIONS), each network's rounded schedule (ROUNDING), and the v1 backbone
+# (`deviations` puts them together for a run's arch).
+ROUNDING = {
+    "resnet50": "LA's lr drops happen at epoch boundaries (LA epochs 142 and 179, i.e. 152 and 189 of 200); the TF "
+                "code drops at steps 1,522,000 and 1,895,857 (epochs 152.06 and 189.42). The Places205 readout runs "
+                "37 epochs with drops at 16 and 31 for the TF code's 36.62, 15.69 and 31.39 (the steps of 70 "
+                "ImageNet epochs).",
+    "resnet18": "LA's lr drops happen at epoch boundaries (LA epochs 150 and 177, i.e. 160 and 187 of 200); the TF "
+                "code drops at steps 1,600,000 and 1,873,411 (epochs 159.86 and 187.17). The Places205 readout runs "
+                "37 epochs with drops at 16 and 31 for the TF code's 36.62, 15.69 and 31.39.",
+    "alexnet": "LA's lr drops happen at epoch boundaries (LA epochs 109 and 132); the TF code drops at steps "
+               "1,190,000 and 1,423,100 (LA epochs 108.89 and 132.18). The Places205 readout runs 34 epochs with "
+               "drops at 24 and 29 for the TF code's 34.01, 23.54 and 28.77 (the steps of 65 ImageNet epochs).",
+    "vgg16": "LA's lr drops happen at epoch boundaries (LA epochs 116 and 138 of 158, batch 256); the TF code drops "
+             "at LA epochs 116.03 and 138.03 and stops at 158.00. The ImageNet readout runs 51 epochs with drops at "
+             "11 and 41 for the TF code's 51.01, 11.01 and 41.01 (its steps continue LA's 890,712); the Places205 "
+             "readout 27 epochs with drops at 6 and 21 for 26.69, 5.76 and 21.45.",
+}
 DEVIATIONS = (
-    "Backbone: torchvision's ResNet-50 (v1) instead of the pre-activation ResNet-50 (v2) of the TF code; "
-    "the detector's and readout's layer names follow v1.",
     "LA starts from the IR model and memory bank; the TF code also carried IR's optimiser state (momentum) and "
     "step count.",
-    "LA's lr drops happen at epoch boundaries (LA epochs 142 and 179, i.e. 152 and 189 of 200); the TF code drops "
-    "at steps 1,522,000 and 1,895,857 (epochs 152.06 and 189.42). The Places205 readout runs 37 epochs with drops "
-    "at 16 and 31 for the TF code's 36.62, 15.69 and 31.39 (the steps of 70 ImageNet epochs).",
     "Readout on real data: each image is decoded to its central 256 x 256 square, so ImageNet's random resized "
     "training crops and the four corner crops of the 10-crop evaluation come from that square; the TF code takes "
     "them from the whole image resized to a short side of 256 (its Places205 training crops also come from the "
@@ -178,9 +310,9 @@ DEVIATIONS = (
     "the records say what ran: amp bf16 or off); the authors trained in float32. Set amp: off in pretrain_ia, "
     "pretrain_la and transfer.* for their precision (about half the GPU throughput). It may move numbers by "
     "tenths of a point; no run here measured how much.",
-    "Batch norm: torch's running-statistics momentum 0.1 where the TF ResNet uses decay 0.997 (momentum 0.003). The "
-    "readout and the kNN evaluate the frozen network in eval mode with those statistics, so this may change every "
-    "transfer number.",
+    "Batch norm: the paper presets set model.bn_momentum 0.003 (TF decay 0.997); the records do not hold it, so a "
+    "number is called comparable whatever momentum its run used (torchvision's v1 ResNets default to 0.1). The "
+    "readout and the kNN evaluate the frozen network in eval mode with those statistics.",
     "Readout classifiers start from torch's default Linear initialisation; the TF code uses variance scaling.",
     "Resampling: bilinear with antialiasing (Pillow, torchvision) where the TF code resizes with resize_area.",
     "The supervised reference follows torchvision's recipe (90 epochs, batch 256, lr 0.1), without weight decay on "
@@ -188,6 +320,24 @@ DEVIATIONS = (
 )
 
 
-def paper_value(model: str, role: str, task: str, layer: str, metric: str) -> float | None:
-    """The paper's number for a row of the paper's benchmark for `role` (None when it has none)."""
-    return PUBLISHED.get((model, task, BENCHMARK[role], layer, metric))
+def deviations(arch: str | None) -> tuple[str, ...]:
+    """What a run of `arch` with its network's paper preset still departs in: the v1 backbone where
+    it stands in for the authors' pre-activation ResNet, the network's rounded schedule, the rest."""
+    network = network_of(arch)
+    backbone = ((f"Backbone: torchvision's {NETWORK_NAMES[network]} (v1) instead of the pre-activation "
+                 f"{NETWORK_NAMES[network]} (v2, {PAPER_ARCHS[network]}) of the TF code; the paper's rows are set "
+                 "against it as the community's tables do, and the detector's and readout's layer names follow v1.",)
+                if network is not None and arch == V1_SUBSTITUTES.get(network) else ())
+    return (*backbone, *DEVIATIONS[:1], *((ROUNDING[network],) if network else ()), *DEVIATIONS[1:])
+
+
+def verified(network: str | None) -> bool:
+    """Whether the paper's numbers for `network` are verified from a primary source here."""
+    return bool(PUBLISHED.get(str(network)))
+
+
+def paper_value(model: str, role: str, task: str, layer: str, metric: str, network: str | None = "resnet50"
+                ) -> float | None:
+    """The paper's number for a row of the paper's benchmark for `role` with `network` (None when
+    it has none, or none verified)."""
+    return PUBLISHED.get(str(network), {}).get((model, task, BENCHMARK[role], layer, metric))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from localagg.errors import UserError
 
 from . import comparability
-from .paper import paper_value
+from .paper import network_of, paper_value
 
 MODELS = ("la", "ir", "random", "supervised")
 PIXELS = "pixels"                 # the raw-pixel baseline: one readout "layer" and its own kNN
@@ -170,8 +170,9 @@ class Cell:
 
     @property
     def published(self) -> float | None:
-        """The paper's number for this row of its benchmark, comparable or not."""
-        return paper_value(self.model, self.role, self.task, self.layer, self.metric)
+        """The paper's number for this row of its benchmark with this cell's network, comparable or not
+        (None where the paper's numbers for that network are not verified)."""
+        return paper_value(self.model, self.role, self.task, self.layer, self.metric, network_of(self.arch))
 
     @property
     def paper(self) -> float | None:
@@ -197,9 +198,11 @@ def differences(model: str, task: str, role: str, records: list[Record]) -> tupl
     found: list[str] = []
     for r in records:
         protocol = r.get("protocol", optional=True) or {}
-        found += comparability.pretraining_differences(model, r.get("provenance", optional=True) or [])
+        provenance = r.get("provenance", optional=True) or []
+        found += comparability.pretraining_differences(model, provenance)
         if task == "linear":
-            found += comparability.readout_differences(role, protocol)
+            network = comparability.provenance_network(provenance) or "resnet50"
+            found += comparability.readout_differences(role, protocol, network)
         else:
             found += comparability.detection_differences(str(r.get("dataset_name")), protocol)
     return tuple(dict.fromkeys(found))
