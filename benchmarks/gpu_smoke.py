@@ -137,7 +137,7 @@ def pretraining(scale: Scale, device: str, tmp: Path) -> dict:
         torch.cuda.empty_cache()
 
     world = torch.cuda.device_count() if device == "cuda" else 2
-    params = yaml.safe_load((REPO / "stages/presets/paper-resnet50.yaml").read_text())
+    params = yaml.safe_load((REPO / "stages/presets/paper-resnet50-v1.yaml").read_text())  # v1, as the IR model above
     params["prepare"]["object"]["root"] = str(tree)
     params["augment"]["crop_size"] = scale.size
     params["pretrain_la"].update(epochs=1, lr_drops=[], batch_size=scale.batch, num_processes=world, device=device,

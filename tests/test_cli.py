@@ -76,7 +76,7 @@ def test_preset_apply_prints_what_changed_and_refuses_an_unknown_preset(tmp_path
     path.write_text((REPO / "params.yaml").read_text())
     proc = localagg("preset", "apply", "paper-resnet50", "--params", str(path))
     assert proc.returncode == 0, proc.stderr
-    assert "model.arch: resnet18 -> resnet50" in proc.stdout and "value(s) changed" in proc.stderr
+    assert "model.arch: resnet18 -> preact_resnet50" in proc.stdout and "value(s) changed" in proc.stderr
     assert yaml.safe_load(path.read_text())["prepare"]["object"]["source"] == "imagenet"
     _assert_user_error(localagg("preset", "apply", "no-such-preset", "--params", str(path)), "unknown preset")
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from localagg.errors import UserError
 from localagg.report.markdown import brace_paths
-from localagg.report.paper import RECIPE
+from localagg.report.paper import NETWORKS, RECIPE, network_of
 from stages import report
 from stages.cli import app
 
@@ -42,16 +42,17 @@ def dump(path, obj):
 
 
 def paper_provenance(model: str, arch="resnet50", dataset="imagenet", train_images=1_281_167, crop=224,
-                     epochs=None) -> list[dict]:
-    """The provenance a model export records when every key of the paper's recipe was used."""
+                     epochs=None, recipe=RECIPE) -> list[dict]:
+    """The provenance a model export records when every key of the paper's recipe (ResNet-50's,
+    or `recipe`) was used."""
     def stage(objective, section, done):
-        config = {k.split(".", 1)[1]: v for k, (v, _) in RECIPE.items() if k.startswith(section + ".")}
-        augment = {k.split(".", 1)[1]: v for k, (v, _) in RECIPE.items() if k.startswith("augment.")}
+        config = {k.split(".", 1)[1]: v for k, (v, _) in recipe.items() if k.startswith(section + ".")}
+        augment = {k.split(".", 1)[1]: v for k, (v, _) in recipe.items() if k.startswith("augment.")}
         return {"objective": objective, "arch": arch, "stem": "imagenet", "embedding_dim": 128,
                 "augment": {**augment, "crop_size": crop}, "dataset": dataset, "train_images": train_images,
                 "val_images": 50_000, "world_size": 8, "config": config, "epochs_done": done}
 
-    epochs = epochs or {"ir": 10, "la": 190}
+    epochs = epochs or {"ir": recipe["pretrain_ia.epochs"][0], "la": recipe["pretrain_la.epochs"][0]}
     chain = [stage("ir", "pretrain_ia", epochs["ir"])]
     if model == "la":
         chain.append(stage("la", "pretrain_la", epochs["la"]))
@@ -60,8 +61,8 @@ def paper_provenance(model: str, arch="resnet50", dataset="imagenet", train_imag
     return chain
 
 
-def readout_protocol(role: str, dataset: str, train: int, val: int) -> dict:
-    readout = {k.split(".", 2)[2]: v for k, (v, _) in RECIPE.items() if k.startswith(f"transfer.{role}.")}
+def readout_protocol(role: str, dataset: str, train: int, val: int, recipe=RECIPE) -> dict:
+    readout = {k.split(".", 2)[2]: v for k, (v, _) in recipe.items() if k.startswith(f"transfer.{role}.")}
     return {"dataset": dataset, "train_images": train, "val_images": val, "readout": readout,
             "knn": {"k": 200, "temperature": 0.07}}
 
@@ -114,9 +115,11 @@ def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), 
     sizes = {"object": (1_281_167, 50_000), "transfer": (2_448_873, 20_500)} if paper_protocol else \
         {"object": (100, 100), "transfer": (100, 100)}
 
+    recipe = NETWORKS[network_of(arch) or "resnet50"] if paper_protocol else RECIPE
+
     def provenance(model):
         if paper_protocol:
-            return paper_provenance(model, arch=arch)
+            return paper_provenance(model, arch=arch, recipe=recipe)
         return paper_provenance(model, arch=arch, dataset=names[0], train_images=100, crop=28, epochs={"ir": 4, "la": 8})
 
     for stage, model, knn, losses in (("pretrain_ia", "ir", 70.0, (8.0, 7.0)), ("pretrain_la", "la", 75.0, (2.0, 1.5, 1.25)),
@@ -143,7 +146,7 @@ def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), 
                 "arch": "none" if model == "pixels" else arch, "seeds": list(transfer_seeds), "runs": runs,
                 "epochs": 10, "knn_k": 200, "feature_dims": {layer: 512 for layer in layers}, "knn": knn,
                 "classes": [f"class {i}" for i in range(10)],
-                "protocol": readout_protocol(dataset, names[d_index], *sizes[dataset]),
+                "protocol": readout_protocol(dataset, names[d_index], *sizes[dataset], recipe=recipe),
                 "provenance": [] if model == "pixels" else provenance(model),
                 "views": _views(model) if dataset == "object" else {}})
         if model == "pixels":
@@ -608,3 +611,59 @@ def test_a_leftover_prepare_metrics_file_is_refused(toy_run):
         report.run(toy_run, out=Path("strays"))
     Path("metrics/prepare.json").unlink()
     report.run(toy_run, out=Path("strays"))
+
+
+PAPER_NAMES = ("imagenet", "places205", "voc07")
+
+
+def test_a_preact_resnet50_run_is_compared_with_the_papers_resnet50_numbers(tmp_path, monkeypatch):
+    """paper-resnet50's backbone: the authors' own, so no backbone deviation."""
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=PAPER_NAMES, arch="preact_resnet50", transfer_seeds=(0,), paper_protocol=True)
+    report.run(params, out=Path("reports"))
+    rows = rows_by_key(Path("reports/results.csv"))
+    assert rows[("la", "linear", "imagenet", "conv5", "top1_10crop")]["paper"] == "60.2"
+    md = Path("reports/results.md").read_text()
+    assert "| ImageNet linear top-1, conv5, 10-crop | 60.2 | 54.0 | LA 59.00 (-1.20 from the paper's); IR" in md
+    assert "with `preact_resnet50` for its ResNet-50 rows" in md and "not verified" not in md
+    assert "Backbone: torchvision's" not in md and "`localagg preset apply paper-resnet50`" in md
+
+
+def test_a_v1_resnet50_run_is_compared_and_listed_with_the_backbone_deviation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=PAPER_NAMES, arch="resnet50", transfer_seeds=(0,), paper_protocol=True)
+    report.run(params, out=Path("reports"))
+    assert rows_by_key(Path("reports/results.csv"))[("la", "linear", "imagenet", "conv5", "top1")]["paper"] == "58.8"
+    md = Path("reports/results.md").read_text()
+    deviations = md.split("## Deviations from the authors' code", 1)[1].split("\n## ", 1)[0]
+    assert ("- Backbone: torchvision's ResNet-50 (v1) instead of the pre-activation ResNet-50 (v2, preact_resnet50)"
+            in deviations and "`localagg preset apply paper-resnet50-v1`" in deviations)
+
+
+def test_an_alexnet_run_has_no_paper_cell_and_says_its_numbers_are_not_verified(tmp_path, monkeypatch):
+    """The paper's AlexNet numbers are not verified from a primary source: under AlexNet's whole
+    recipe the run's numbers stand alone, without a difference from the paper's."""
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=PAPER_NAMES, arch="alexnet", transfer_seeds=(0,), paper_protocol=True)
+    report.run(params, out=Path("reports"))
+    assert all(row["paper"] == "" for row in rows_by_key(Path("reports/results.csv")).values())
+    md = Path("reports/results.md").read_text()
+    assert "The paper's AlexNet numbers are not verified from a primary source here" in md
+    assert "from the paper's)" not in md and "| paper LA |" not in md and "paper AP50" not in md
+    assert "| benchmark (AlexNet) | this run |" in md
+    # AlexNet's recipe (its LA schedule, readout crops and weight decay) holds: LA's readout rows have nothing to say
+    assert "| ImageNet linear top-1, conv5, 10-crop | LA 59.00; IR 49.00 (not comparable: IR 10 of 200 epochs) |" in md
+    assert "`localagg preset apply paper-alexnet`" in md
+
+
+def test_a_network_the_paper_has_no_row_for_is_not_comparable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=PAPER_NAMES, arch="resnet50", transfer_seeds=(0,), paper_protocol=True)
+    for path in Path("records").rglob("*.json"):
+        if path.parent.name in ("transfer", "detection") and not path.name.startswith("pixels"):
+            _edit(str(path), lambda d: d.update(arch="resnet101", provenance=[
+                {**s, "arch": "resnet101"} for s in d["provenance"]]))
+    report.run(params, out=Path("reports"))
+    assert all(row["paper"] == "" for row in rows_by_key(Path("reports/results.csv")).values())
+    md = Path("reports/results.md").read_text()
+    assert "The paper has no `resnet101` row" in md and "not comparable: the paper has no resnet101 row" in md
