@@ -194,7 +194,8 @@ class TransferParams(Section):
 class DetectionParams(DetectionConfig):
     """The detection fine-tuning protocol (`DetectionConfig`) and the seeds to run it with."""
 
-    seeds: list[StrictInt] = _seeds_field("detection")
+    seeds: list[StrictInt] = Field([0], description="seeds of the detection cells (the DVC matrix runs one cell per "
+                                                    "seed); [] runs no detection (AlexNet, VGG16: no C4 detector)")
 
     _check_seeds = field_validator("seeds")(_unique_seeds)
 
@@ -407,13 +408,17 @@ def validate_all(path: str | Path, data_sizes=None) -> dict[str, Any]:
 
 
 def network_problems(sections: dict[str, Any]) -> list[str]:
-    """Image sizes the network cannot take: AlexNet and VGG16 end in VALID fc convs (at least
-    195 and 224 px; localagg.models.backbone.min_size)."""
+    """What AlexNet and VGG16 cannot do: image sizes below the 195 and 224 px their VALID fc convs
+    need (localagg.models.backbone.min_size), and detection (no C4 detector: detection.seeds [])."""
     from localagg.models.backbone import min_size
 
     model = sections.get("model")
-    if model is None or min_size(model.arch) <= 1:
+    if model is None:
         return []
+    out = []
+    if model.arch in ("alexnet", "vgg16") and "detection" in sections and sections["detection"].seeds:
+        out.append(f"detection.seeds: {model.arch} has no Faster R-CNN C4 detector (the paper fine-tunes detection "
+                   f"on ResNet-50 only); set detection.seeds: [] to run no detection cells, or model.arch to a ResNet")
     sizes = {}
     if "augment" in sections:
         sizes["augment.crop_size"] = sections["augment"].crop_size
@@ -423,9 +428,9 @@ def network_problems(sections: dict[str, Any]) -> list[str]:
         sizes.update({f"transfer.{role}.crop_size": getattr(sections["transfer"], role).crop_size
                       for role in ("object", "transfer")})
     need = min_size(model.arch)
-    return [f"{key}: {value} px is smaller than the {need} px that model.arch {model.arch} needs (its fc6 is a VALID "
-            f"conv on the last pool's map); set it to {need} or more (the paper: 224)"
-            for key, value in sizes.items() if value < need]
+    return out + [f"{key}: {value} px is smaller than the {need} px that model.arch {model.arch} needs (its fc6 is a "
+                  f"VALID conv on the last pool's map); set it to {need} or more (the paper: 224)"
+                  for key, value in sizes.items() if value < need]
 
 
 def size_problems(sections: dict[str, Any], sizes: dict[str, tuple[int, int] | None]) -> list[str]:

@@ -234,6 +234,12 @@ def test_check_refuses_crops_smaller_than_the_network_takes_naming_each_key(tmp_
         validate_all(path)
     lines = [line for line in str(err.value).splitlines() if "px that model.arch vgg16 needs" in line]
     assert [line.split(":")[0].strip(" -") for line in lines] == ["augment.crop_size", "transfer.transfer.crop_size"]
+    assert "detection.seeds: vgg16 has no Faster R-CNN C4 detector" in str(err.value)
+    params["augment"]["crop_size"] = 224
+    params["transfer"]["transfer"].update(crop_size=224, eval_resize=256)
+    params["detection"]["seeds"] = []  # no detection cells
+    path.write_text(yaml.safe_dump(params))
+    validate_all(path)
     params["model"]["arch"] = "preact_resnet50"  # ResNets take any size
     path.write_text(yaml.safe_dump(params))
     validate_all(path)
