@@ -90,12 +90,12 @@ def read_seeds(params: Path) -> dict[str, list[int]]:
     except yaml.YAMLError as exc:
         raise UserError(f"{params} is not valid YAML: {exc}") from None
     seeds = {}
-    for section in ("transfer", "detection"):
+    for section in ("transfer", "detection"):  # detection.seeds may be []: no detection cells
         value = (data.get(section) or {}).get("seeds", [0])
-        if not (isinstance(value, list) and value and all(type(s) is int and s >= 0 for s in value)
-                and len(set(value)) == len(value)):
-            raise UserError(f"{params}: {section}.seeds should be a non-empty list of distinct non-negative "
-                            f"integers, got {value!r}.")
+        if not (isinstance(value, list) and (value or section == "detection")
+                and all(type(s) is int and s >= 0 for s in value) and len(set(value)) == len(value)):
+            raise UserError(f"{params}: {section}.seeds should be a{' non-empty' if section == 'transfer' else ''} "
+                            f"list of distinct non-negative integers, got {value!r}.")
         seeds[section] = value
     from .paths import imported_models
 
@@ -289,10 +289,10 @@ def run(params: Path, out: Path = Path("reports")) -> list[Path]:
 
 def figure_names(m: RunMetrics) -> list[str]:
     """The figures the records allow: LA's clusters and the detector's boxes need them recorded."""
-    names = ["readout", "pretraining", "detection", "per_class", "retrieval", "maps"]
+    names = ["readout", "pretraining", *(["detection"] if m.detection["la"] else []), "per_class", "retrieval", "maps"]
     if _views(m.pretrain["la"]).get("clusters"):
         names.append("clusters")
-    if _views(m.detection["la"][0]).get("detections"):
+    if m.detection["la"] and _views(m.detection["la"][0]).get("detections"):
         names.append("detections")
     return names
 
@@ -337,7 +337,8 @@ def draw_figures(m: RunMetrics, cells, out: Path) -> list[str]:
     obj = ObjectImages(OBJECT_DIR)
     readout_figure(cells, out / FIGURES["readout"])
     pretraining_figure(m.curves, out / FIGURES["pretraining"])
-    detection_figure(cells, out / FIGURES["detection"])
+    if "detection" in drawn:
+        detection_figure(cells, out / FIGURES["detection"])
     classes = m.transfer[("la", "object")][0].get("classes")
     per_class_figure(_best_per_class(m, cells), classes, obj.name, out / FIGURES["per_class"])
     views = {model: _views(m.transfer[(model, "object")][0]) for model in m.transfer_models}

@@ -99,13 +99,14 @@ def _views(model: str) -> dict:
 
 
 def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), arch="resnet18",
-              transfer_seeds=(0, 1), paper_protocol=False, detection_sets=None) -> Path:
+              transfer_seeds=(0, 1), paper_protocol=False, detection_sets=None, detection_seeds=(0,)) -> Path:
     """Every record a run writes under `root`: 4 models and the pixel baseline x 2 datasets (each
     cell with a run per seed of `transfer_seeds`), detection with the default seed list [0],
     pretraining records with their curves, and the prepared object set for the pictures. With
     `paper_protocol`, protocols and provenance are the paper's (sizes included)."""
     params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({"transfer": {"seeds": list(transfer_seeds)}}))
+    params.write_text(yaml.safe_dump({"transfer": {"seeds": list(transfer_seeds)},
+                                      **({} if detection_seeds == (0,) else {"detection": {"seeds": list(detection_seeds)}})}))
     _images(root, names[0])
     split = {"total": 100, "per_class": {}}
     dump(root / "records/prepare.json", {
@@ -149,7 +150,7 @@ def write_run(root: Path, names=("fashion_mnist", "mnist_5k", "synthetic_voc"), 
                 "protocol": readout_protocol(dataset, names[d_index], *sizes[dataset], recipe=recipe),
                 "provenance": [] if model == "pixels" else provenance(model),
                 "views": _views(model) if dataset == "object" else {}})
-        if model == "pixels":
+        if model == "pixels" or not detection_seeds:
             continue
         dump(root / f"records/detection/{model}-seed0.json", {
             "model": model, "seed": 0, "arch": arch, "dataset_name": names[2], "AP50": AP50[model],
@@ -667,3 +668,17 @@ def test_a_network_the_paper_has_no_row_for_is_not_comparable(tmp_path, monkeypa
     assert all(row["paper"] == "" for row in rows_by_key(Path("reports/results.csv")).values())
     md = Path("reports/results.md").read_text()
     assert "The paper has no `resnet101` row" in md and "not comparable: the paper has no resnet101 row" in md
+
+
+def test_a_run_without_detection_cells_is_reported_without_a_detection_section(tmp_path, monkeypatch):
+    """paper-alexnet and paper-vgg16 set detection.seeds: [] (no C4 detector): no detection
+    record is asked for, and the report says detection did not run."""
+    monkeypatch.chdir(tmp_path)
+    params = write_run(tmp_path, names=PAPER_NAMES, arch="alexnet", transfer_seeds=(0,), paper_protocol=True,
+                       detection_seeds=())
+    assert not Path("records/detection").exists()
+    report.run(params, out=Path("reports"))
+    rows = rows_by_key(Path("reports/results.csv"))
+    assert rows and not any(key[1] == "detection" for key in rows)
+    md = Path("reports/results.md").read_text()
+    assert "No detection cells ran (detection.seeds: [])" in md

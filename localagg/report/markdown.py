@@ -204,7 +204,9 @@ def zoo(m: RunMetrics, cells: list[Cell], ix: dict[tuple, Cell], idents: dict[st
     n = max(c.stat.n for c in cells if c.task == "linear")
     text = ("## This run's models\n\n"
             f"kNN (top-1 of the embedding), best layer and conv5 (linear top-1, centre crop) on the object set "
-            f"`{obj}`; the best layer on the transfer set `{trans}`; detection AP50 on `{idents['detection'][0]}`. "
+            f"`{obj}`; the best layer on the transfer set `{trans}`; "
+            + (f"detection AP50 on `{idents['detection'][0]}`. " if "detection" in idents else
+               "no detection (detection.seeds: []). ") +
             f"Mean ± sample std over the {n} readout seed(s): the ± does not cover pretraining seeds.\n\n"
             + table(["model", "method", "backbone", "pretraining epochs", *ZOO_COLUMNS], rows) + "\n\n"
             + source_line(sources))
@@ -441,8 +443,12 @@ def baselines(cells: list[Cell], ix: dict[tuple, Cell], idents: dict[str, tuple[
             "seeds).\n\n" + table(header, rows) + "\n\n" + source_line(sources))
 
 
-def detection(ix: dict[tuple, Cell], ident: tuple[str, str], m: RunMetrics) -> str:
-    """Detection AP50/AP/AP75 per model, with the sets it trained and tested on."""
+def detection(ix: dict[tuple, Cell], ident: tuple[str, str] | None, m: RunMetrics) -> str:
+    """Detection AP50/AP/AP75 per model, with the sets it trained and tested on (`ident` None: the
+    run had no detection cells)."""
+    if ident is None:
+        return ("## Detection\n\nNo detection cells ran (detection.seeds: []): the detector is Faster R-CNN C4 on a "
+                "ResNet, and the paper fine-tunes detection on ResNet-50 only.")
     name, arch = ident
     protocol = m.detection["la"][0].get("protocol", optional=True) or {}
     comparable = any(c.paper is not None for c in ix.values() if c.task == "detection")
@@ -640,7 +646,7 @@ def figures(figs: dict[str, str], m: RunMetrics, ix: dict[tuple, Cell], facts: d
         "pretraining": [r.path for r in m.pretrain.values()],
         "retrieval": [r.path for (model, role), recs in m.transfer.items() if role == "object" for r in recs[:1]],
         "clusters": [m.pretrain["la"].path], "detection": detect,
-        "detections": [m.detection["la"][0].path],
+        "detections": [m.detection["la"][0].path] if m.detection["la"] else [],
     }
     sources["maps"] = sources["retrieval"]
     parts = ["## Figures"]
@@ -691,6 +697,6 @@ def render(m: RunMetrics, cells: list[Cell], figs: dict[str, str], facts: dict[s
     idents = {c.role: (c.dataset, c.arch) for c in cells if c.model != PIXELS}
     parts = ["# Local Aggregation reproduction: results", statement(idents, m.prepare, ix), zoo(m, cells, ix, idents),
              headline(ix, idents["object"][1]), why_not(ix), HOW_TO_READ, baselines(cells, ix, idents), readout(ix, idents, m), knn(ix, idents, m),
-             detection(ix, idents["detection"], m), imported(m, cells, ix), pretraining(m), deviations(ix, idents["object"][1]), cost(m), figures(figs, m, ix, facts),
+             detection(ix, idents.get("detection"), m), imported(m, cells, ix), pretraining(m), deviations(ix, idents["object"][1]), cost(m), figures(figs, m, ix, facts),
              sources(m)]
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -237,6 +237,8 @@ def aggregate(m: RunMetrics) -> list[Cell]:
             for layer in ((PIXELS,) if model == PIXELS else KNN_LAYERS):  # deterministic: one value, not per seed
                 cells.append(_cell(model, "knn", role, idents[role], layer, "top1", m.transfer[(model, role)][:1],
                                    ("knn", layer)))
+    if not any(m.detection[model] for model in m.models):
+        return cells  # no detection cells (detection.seeds: [])
     ident = identity([r for model in m.models for r in m.detection[model]])
     for model in m.models:
         diffs = differences(model, "detection", "detection", m.detection[model])
