@@ -2,7 +2,8 @@
 ILSVRC2012, Places205 and VOCdevkit layouts, `localagg preset apply paper-resnet50`, only sizes
 overridden, then `dvc repro` to the report.
 
-Kept from the preset: ResNet-50, 224 px crops (pretraining and readout, resize 256), the
+Kept from the preset: the authors' pre-activation ResNet-50 (preact_resnet50, detection on the
+pre-activation C4 backbone included), 224 px crops (pretraining and readout, resize 256), the
 augmentation, every optimiser, bank and clustering recipe key that does not depend on the data
 size, the readout protocols (pretraining augmentation and official pooling for ImageNet,
 resize + crop + flip for Places205) and the VOC07-trainval detection sets.
@@ -160,8 +161,8 @@ def test_the_paper_preset_runs_end_to_end_on_real_layout_data(paper_run):
     assert (prepare["transfer"]["name"], prepare["detection"]["name"]) == ("places205", "voc")
     assert prepare["detection"]["sets"] == {"trainval": [["VOC2007", "trainval"]], "test": [["VOC2007", "test"]]}
     for record in _records(repo):
-        for stage in record.get("provenance") or []:  # every model: ResNet-50 trained at 224 px
-            assert stage["arch"] == "resnet50", record
+        for stage in record.get("provenance") or []:  # every model: the pre-activation ResNet-50 at 224 px
+            assert stage["arch"] == "preact_resnet50", record
             if stage["objective"] in ("ir", "la", "supervised"):
                 assert stage["augment"]["crop_size"] == 224 and stage["dataset"] == "imagenet"
                 assert stage["world_size"] == 2, stage  # trained by 2 processes, as the preset's 8 would
@@ -177,7 +178,7 @@ def test_the_paper_preset_runs_end_to_end_on_real_layout_data(paper_run):
     feature_dims = json.loads((repo / "records/transfer/la-object.json").read_text())["feature_dims"]
     assert feature_dims == {"conv1": 50176, "conv2": 50176, "conv3": 100352, "conv4": 50176, "conv5": 100352}
     det = json.loads((repo / "records/detection/la-seed0.json").read_text())
-    assert det["arch"] == "resnet50" and det["dataset_name"] == "voc07"
+    assert det["arch"] == "preact_resnet50" and det["dataset_name"] == "voc07"
     assert det["protocol"]["train_sets"] == [["VOC2007", "trainval"]] and det["protocol"]["test_images"] == 4
 
 
