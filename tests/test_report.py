@@ -49,7 +49,7 @@ def paper_provenance(model: str, arch="resnet50", dataset="imagenet", train_imag
         config = {k.split(".", 1)[1]: v for k, (v, _) in recipe.items() if k.startswith(section + ".")}
         augment = {k.split(".", 1)[1]: v for k, (v, _) in recipe.items() if k.startswith("augment.")}
         return {"objective": objective, "arch": arch, "stem": "imagenet", "embedding_dim": 128,
-                "augment": {**augment, "crop_size": crop}, "dataset": dataset, "train_images": train_images,
+                "bn_momentum": recipe["model.bn_momentum"][0], "augment": {**augment, "crop_size": crop}, "dataset": dataset, "train_images": train_images,
                 "val_images": 50_000, "world_size": 8, "config": config, "epochs_done": done}
 
     epochs = epochs or {"ir": recipe["pretrain_ia.epochs"][0], "la": recipe["pretrain_la.epochs"][0]}
@@ -341,6 +341,8 @@ def _both_stages(edit):
     (lambda d: [d["provenance"][1]["config"].pop(k) for k in ("k", "num_clusters")],
      "LA: pretrain_la.k not recorded (the paper's 4,096)"),
     (lambda d: d["provenance"][1]["config"].update(lr_gamma=0.5), "LA: pretrain_la.lr_gamma 0.5 instead of 0.1"),
+    # torchvision's own batch-norm momentum instead of TF's decay 0.997
+    (_both_stages(lambda s: s.update(bn_momentum=0.1)), "model.bn_momentum 0.1 instead of 0.003"),
     (lambda d: d["protocol"]["readout"].update(epochs=1), "readout epochs 1 instead of 70"),
     (lambda d: d["protocol"]["readout"].update(ten_crop=False), "readout ten_crop false instead of true"),
     (lambda d: d["protocol"]["readout"].update(standardize=True), "readout standardize true instead of false"),

@@ -75,6 +75,10 @@ class EmbeddingNet(nn.Module):
         """What a checkpoint must match to be loaded into this model."""
         return {"arch": self.arch, "stem": self.stem, "embedding_dim": self.embedding_dim}
 
+    def bn_momentum(self) -> float | None:
+        """The running-statistics momentum of its batch norms (torch's sense; None without any)."""
+        return next((m.momentum for m in self.modules() if isinstance(m, nn.BatchNorm2d)), None)
+
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's pooled features (B, width) that the head reads."""
         return self.trunk(x)

@@ -7,7 +7,7 @@ ones) and the paper's datasets (`paper.DATASET_SIZES`); a network the paper has 
 is never comparable ("the paper has no resnet101 row"):
 
     pretraining  (from the model's provenance, the stages that built it: IR, then LA)
-        architecture, dataset and its number of training images, crop size, the augmentation
+        architecture, batch-norm momentum, dataset and its number of training images, crop size, the augmentation
         recipe, each stage's recipe keys and epochs (IR 10 + LA 190 for LA; the paper's IR
         baseline trained 200 epochs)
     readout      (from the transfer record's protocol)
@@ -136,6 +136,7 @@ def _stage_differences(stage: dict, skip: set[str], network: str) -> list[Differ
         out.append(Difference(f"{stage.get('arch')} instead of {paper_arch}", "architecture", str(stage.get("arch")),
                               paper_arch))
     out += _sizes("pretraining", str(stage.get("dataset")), "imagenet", stage.get("train_images"), None)
+    out += _keys({k: stage[k] for k in ("bn_momentum",) if k in stage}, "model", ["bn_momentum"], "model.", network)
     augment = stage.get("augment") or {}
     crop = NETWORKS[network]["augment.crop_size"][0]
     if augment.get("crop_size") != crop:

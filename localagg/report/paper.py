@@ -310,9 +310,6 @@ DEVIATIONS = (
     "the records say what ran: amp bf16 or off); the authors trained in float32. Set amp: off in pretrain_ia, "
     "pretrain_la and transfer.* for their precision (about half the GPU throughput). It may move numbers by "
     "tenths of a point; no run here measured how much.",
-    "Batch norm: the paper presets set model.bn_momentum 0.003 (TF decay 0.997); the records do not hold it, so a "
-    "number is called comparable whatever momentum its run used (torchvision's v1 ResNets default to 0.1). The "
-    "readout and the kNN evaluate the frozen network in eval mode with those statistics.",
     "Readout classifiers start from torch's default Linear initialisation; the TF code uses variance scaling.",
     "Resampling: bilinear with antialiasing (Pillow, torchvision) where the TF code resizes with resize_area.",
     "The supervised reference follows torchvision's recipe (90 epochs, batch 256, lr 0.1), without weight decay on "

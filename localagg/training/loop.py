@@ -236,7 +236,8 @@ class Trainer:
         cfg = self.cfg.model_dump(mode="json", exclude=RUN_ONLY_KEYS | {"device"})
         cfg["amp"] = "bf16" if self.amp else "off"  # what ran, not the setting ("auto")
         cfg["jpeg_decode"] = "device" if self.decode_on_device else "workers"
-        return {"objective": self.method.name, **self.model.meta(), "augment": self.aug.model_dump(mode="json"),
+        return {"objective": self.method.name, **self.model.meta(), "bn_momentum": self.model.bn_momentum(),
+                "augment": self.aug.model_dump(mode="json"),
                 "dataset": self.train_info.name, "train_images": self.num_items,
                 "val_images": len(self.val) if self.val is not None else None,
                 "world_size": self.dist.world_size, "config": cfg}
