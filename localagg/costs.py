@@ -79,7 +79,8 @@ def _probe(arch: str, stem: str, dim: int, crop: int, dtype: torch.dtype) -> dic
                 saved[0] += t.numel() * t.element_size()
             return t
 
-        x = torch.empty(1, 3, crop, crop, dtype=dtype)
+        # 2 images: batch norm on a 1 x 1 map (AlexNet's and VGG16's fc6, fc7) needs more than one value
+        x = torch.empty(2, 3, crop, crop, dtype=dtype)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(x)
         largest = [0]
@@ -94,7 +95,7 @@ def _probe(arch: str, stem: str, dim: int, crop: int, dtype: torch.dtype) -> dic
             model(x)
         for h in handles:
             h.remove()
-    return {"saved": saved[0], "largest": largest[0], "flops": flops.get_total_flops(),
+    return {"saved": saved[0] // 2, "largest": largest[0] // 2, "flops": flops.get_total_flops() // 2,
             "params": sum(p.numel() for p in model.parameters())}
 
 

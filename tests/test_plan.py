@@ -76,3 +76,15 @@ def test_a_previous_runs_record_replaces_the_assumed_throughput(elsewhere):
             first = after["pretrain_ia"].seconds
     assert after["pretrain_ia"].seconds == pytest.approx(first / 2, rel=0.05)  # twice the rate, about half the time
     assert before["pretrain_ia"].basis.startswith("assumed")
+
+
+@pytest.mark.parametrize("preset", ["paper-alexnet", "paper-vgg16", "paper-resnet18"])
+def test_every_papers_network_gets_a_plan_and_alexnet_and_vgg16_no_detection(elsewhere, preset):
+    """The probes run each network on the meta device (AlexNet's and VGG16's fc6/fc7 batch norms
+    need two images); the presets without a C4 detector plan no detection stage."""
+    costs, problems = plan(REPO / f"stages/presets/{preset}.yaml", NODE)
+    assert problems == []
+    stages = [c.stage for c in costs]
+    assert any(s.startswith("detection ") for s in stages) == (preset == "paper-resnet18")
+    la = next(c for c in costs if c.stage == "pretrain_la")
+    assert 0 < la.gpu_bytes < 80 * 10**9 and math.isfinite(la.seconds)
