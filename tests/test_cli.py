@@ -106,7 +106,7 @@ def test_detection_without_its_model_names_the_stage_to_run(tmp_path):
 @pytest.mark.parametrize("mutate, fragments", [
     (lambda p: p["detection"].update(seed=3), ["detection.seed", "detection.seeds"]),
     (lambda p: p["detection"].update(seeds=[1, 1]), ["detection.seeds", "distinct"]),
-    (lambda p: p["detection"].update(seeds=[]), ["detection.seeds"]),
+    (lambda p: p["transfer"].update(seeds=[]), ["transfer.seeds"]),  # detection.seeds [] is allowed: no detection cells
     (lambda p: p["detection"].update(norm="SyncBN"), ["SyncBN", "needs CUDA"]),
     (lambda p: p["detection"].update(steps=[400]), ["detection", "steps"]),
     (lambda p: p["transfer"]["object"].update(seed=2), ["transfer.seeds"]),
