@@ -243,3 +243,17 @@ def test_check_refuses_crops_smaller_than_the_network_takes_naming_each_key(tmp_
     params["model"]["arch"] = "preact_resnet50"  # ResNets take any size
     path.write_text(yaml.safe_dump(params))
     validate_all(path)
+
+
+def test_the_recorded_bn_momentum_survives_the_conversion_to_torchs_sync_batch_norm():
+    """On CUDA with sync_bn the pretraining record is written after nn.SyncBatchNorm replaced
+    every BatchNorm2d (not a subclass of it): the momentum must still be found."""
+    from localagg.models.batchnorm import set_sync_bn
+
+    with torch.device("meta"):
+        model = build_model("preact_resnet18", "imagenet", 8)
+        assert round(model.bn_momentum(), 12) == 0.003
+        set_sync_bn(model, native=True)
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        assert round(model.bn_momentum(), 12) == 0.003
+        set_sync_bn(build_model("resnet18", "imagenet", 8), native=False)

@@ -684,3 +684,13 @@ def test_a_run_without_detection_cells_is_reported_without_a_detection_section(t
     assert rows and not any(key[1] == "detection" for key in rows)
     md = Path("reports/results.md").read_text()
     assert "No detection cells ran (detection.seeds: [])" in md
+
+
+def test_each_network_lists_its_own_departures_from_its_code():
+    from localagg.report.paper import deviations
+
+    vgg, alexnet, resnet = deviations("vgg16"), deviations("alexnet"), deviations("preact_resnet50")
+    assert any(d.startswith("Readout pooling: the TF code's get_resnet_all_layers transposes") for d in vgg)
+    assert any(d.startswith("Weight decay: the TF code decays") for d in alexnet)
+    assert not any(d.startswith(("Readout pooling", "Weight decay", "Backbone")) for d in resnet)
+    assert any(d.startswith("Backbone: torchvision's ResNet-50 (v1)") for d in deviations("resnet50"))

@@ -22,7 +22,8 @@ class LinearReadoutConfig(StepSchedule, BaseModel):
     layers: list[ReadoutLayer] = Field(default_factory=lambda: list(READOUT_LAYERS))
     pool_rule: Literal["vissl", "official"] = Field(
         "vissl", description="vissl: pool each map to about pool_target_dims; official (the authors' TF code): "
-                             "pool by 2 or 4 only while it has more than pool_target_dims (200,000) dimensions")
+                             "pool once, by 2 (by 4 if pooled by 2 it would still have more), when it has more than "
+                             "pool_target_dims (200,000) dimensions")
     pool_target_dims: int = Field(9000, ge=1, description="vissl: the largest s x s with C s^2 <= this; "
                                                           "official: the dimension limit (200000)")
     conv1_point: Literal["before_maxpool", "after_maxpool"] = Field(

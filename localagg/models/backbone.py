@@ -76,8 +76,9 @@ class EmbeddingNet(nn.Module):
         return {"arch": self.arch, "stem": self.stem, "embedding_dim": self.embedding_dim}
 
     def bn_momentum(self) -> float | None:
-        """The running-statistics momentum of its batch norms (torch's sense; None without any)."""
-        return next((m.momentum for m in self.modules() if isinstance(m, nn.BatchNorm2d)), None)
+        """The running-statistics momentum of its batch norms (torch's sense; None without any), also
+        once they are torch's SyncBatchNorm (not a BatchNorm2d)."""
+        return next((m.momentum for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's pooled features (B, width) that the head reads."""

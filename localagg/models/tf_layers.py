@@ -6,8 +6,8 @@
                 is nn.Conv2d(padding=k//2). Bias only where the TF layer has one.
     SamePool2d  tf.layers.max_pooling2d(padding="SAME"): out = ceil(in / s); the total pad
                 max((out-1) s + k - in, 0) is split floor/ceil (before/after) and padded
-                with -inf, so that it never wins the max. For even inputs this is
-                MaxPool2d(ceil_mode=True); for odd ones it is not (the pad goes first).
+                with -inf, so that it never wins the max. For the 3x3/2 pool of even inputs
+                this is MaxPool2d(ceil_mode=True); for odd ones it is not (the pad goes first).
     variance_scaling_  tf.variance_scaling_initializer() (scale 1, fan_in, truncated normal):
                 std = sqrt(1 / fan_in) / 0.87962566 (the std of a unit normal cut at +-2),
                 cut at +-2 std

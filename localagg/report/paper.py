@@ -177,7 +177,8 @@ def _resnet(network: str, la_drops: tuple[list[int], str]) -> dict[str, tuple[An
     tag = {"resnet50": "res50", "resnet18": "res18"}[network]
     return {
         "model.arch": (PAPER_ARCHS[network], f"{_TF}: resnet_model.py, TF-official v2 (DEFAULT_VERSION = 2), "
-                                             f"{tag}_LA's model_type"),
+                                             + ("res50_LA's model_type resnet50" if tag == "res50" else
+                                                "param_setter.py's default model_type resnet18 (res18_LA sets none)")),
         "pretrain_la.epochs": (190, f"{_TF}: {tag}_LA train_num_steps 2,001,800 = 200 x 10,009, IR's 10 epochs "
                                     "included: LA 190"),
         "pretrain_la.lr_drops": la_drops,
@@ -199,7 +200,9 @@ def _readout(conv1, imagenet, places, imagenet_augment, weight_decay=None) -> di
     out = {"transfer.object.train_augment": (imagenet_augment[0], f"{_TRANS}: {imagenet_augment[1]}")}
     for role, (epochs, drops, how) in (("object", imagenet), ("transfer", places)):
         out[f"transfer.{role}.conv1_point"] = conv1
-        out[f"transfer.{role}.epochs"] = (epochs, f"{_TF}: {how}")
+        out[f"transfer.{role}.epochs"] = (epochs, f"{_TF}: {how} (the stop is the configs' train_num_steps, which "
+                                                    "trans_param_setter.py does not read: its num_steps is 2,000 "
+                                                    "epochs)")
         out[f"transfer.{role}.lr_drops"] = (drops, f"{_TF}: {how}")
         if weight_decay is not None:
             out[f"transfer.{role}.weight_decay"] = weight_decay
@@ -290,6 +293,16 @@ ROUNDING = {
              "11 and 41 for the TF code's 51.01, 11.01 and 41.01 (its steps continue LA's 890,712); the Places205 "
              "readout 27 epochs with drops at 6 and 21 for 26.69, 5.76 and 21.45.",
 }
+# what a network's own code does that this pipeline does not (beyond its rounded schedule)
+OWN_DEVIATIONS = {
+    "alexnet": ("Weight decay: the TF code decays every variable whose name lacks 'batch_normalization', and "
+                "AlexNet's batch norms are named conv1..fc7, so its batch-norm scales and offsets are decayed "
+                "too (1e-4); this pipeline never decays batch-norm parameters.",),
+    "vgg16": ("Readout pooling: the TF code's get_resnet_all_layers transposes every map from NCHW to NHWC before "
+              "pooling, but VGG16's maps are already NHWC (slim), so for VGG16 it averages over width and "
+              "channels; this pipeline pools VGG16's conv1..conv4 over height and width (the same 200,704 / "
+              "100,352 / 50,176 / 100,352 dimensions, other contents).",),
+}
 DEVIATIONS = (
     "LA starts from the IR model and memory bank; the TF code also carried IR's optimiser state (momentum) and "
     "step count.",
@@ -310,7 +323,9 @@ DEVIATIONS = (
     "the records say what ran: amp bf16 or off); the authors trained in float32. Set amp: off in pretrain_ia, "
     "pretrain_la and transfer.* for their precision (about half the GPU throughput). It may move numbers by "
     "tenths of a point; no run here measured how much.",
-    "Readout classifiers start from torch's default Linear initialisation; the TF code uses variance scaling.",
+    "Readout classifiers and the embedding head start from torch's default Linear initialisation; the TF code uses "
+    "variance scaling for the classifiers and glorot-uniform (AlexNet: truncated normal 0.005) with zero biases "
+    "for the head.",
     "Resampling: bilinear with antialiasing (Pillow, torchvision) where the TF code resizes with resize_area.",
     "The supervised reference follows torchvision's recipe (90 epochs, batch 256, lr 0.1), without weight decay on "
     "batch-norm parameters; the paper quotes supervised numbers from other work.",
@@ -319,13 +334,15 @@ DEVIATIONS = (
 
 def deviations(arch: str | None) -> tuple[str, ...]:
     """What a run of `arch` with its network's paper preset still departs in: the v1 backbone where
-    it stands in for the authors' pre-activation ResNet, the network's rounded schedule, the rest."""
+    it stands in for the authors' pre-activation ResNet, the network's rounded schedule and its own
+    departures (OWN_DEVIATIONS), the rest."""
     network = network_of(arch)
     backbone = ((f"Backbone: torchvision's {NETWORK_NAMES[network]} (v1) instead of the pre-activation "
                  f"{NETWORK_NAMES[network]} (v2, {PAPER_ARCHS[network]}) of the TF code; the paper's rows are set "
                  "against it as the community's tables do, and the detector's and readout's layer names follow v1.",)
                 if network is not None and arch == V1_SUBSTITUTES.get(network) else ())
-    return (*backbone, *DEVIATIONS[:1], *((ROUNDING[network],) if network else ()), *DEVIATIONS[1:])
+    own = (ROUNDING[network], *OWN_DEVIATIONS.get(network, ())) if network else ()
+    return (*backbone, *DEVIATIONS[:1], *own, *DEVIATIONS[1:])
 
 
 def verified(network: str | None) -> bool:
