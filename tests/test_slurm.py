@@ -211,8 +211,11 @@ def test_dvc_repro_through_slurm_then_ctrl_c_leaves_no_job(cluster, tmp_path):
     params["launcher"] = _slurm()
     params["pretrain_ia"]["epochs"] = 100
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # a terminal's Ctrl-C meets SIGINT's default action; a pytest started in the background of a
+    # non-interactive shell ignores SIGINT, and its children would inherit that: give dvc the default
     proc = subprocess.Popen([dvc, "repro", "-s", "pretrain_ia"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out: list[str] = []
     job = _wait_for(proc, r"submitted as SLURM job (\d+)", out).group(1)
     _wait_for(proc, r"ir epoch 1/100", out)
